@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from gramspec.errors import (
     GramspecError,
     GrammarError,
@@ -13,7 +15,28 @@ from gramspec.errors import (
 )
 from gramspec.vocab import Vocabulary
 
+if TYPE_CHECKING:
+    from gramspec.models import load_default, load_model
+
 __version__ = "0.1.0"
+
+# Names whose modules import torch/transformers: loaded on first use so that
+# `import gramspec` stays fast.
+_LAZY = {
+    "load_default": "gramspec.models",
+    "load_model": "gramspec.models",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gramspec' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "GramspecError",
@@ -25,4 +48,6 @@ __all__ = [
     "Vocabulary",
     "VocabularyError",
     "__version__",
+    "load_default",
+    "load_model",
 ]
