@@ -43,3 +43,7 @@ class LimitError(GramspecError, RuntimeError):
 
 class ModelNotFoundError(GramspecError, FileNotFoundError):
     """A model that is neither installed nor on disk; the message says how to get it."""
+
+
+class MatcherError(GramspecError, ValueError):
+    """A matcher used wrongly (rolling back more tokens than it holds, a bitmask too small)."""

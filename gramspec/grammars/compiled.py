@@ -1,0 +1,506 @@
+"""Compiled grammars and per-sequence matchers.
+
+A :class:`CompiledGrammar` pairs a grammar (terminals as byte DFAs, rules over
+terminals) with a vocabulary. It is immutable from the outside and safe to
+share between threads: what it learns while matching (Earley sets, lexer
+states, token classifications, whole masks) goes into append-only caches.
+
+Masks are exact: token ``t`` is allowed iff the bytes so far followed by
+``t``'s bytes are a viable prefix of the language (under greedy lexing, see
+docs/grammars.md). How a mask is computed for a state (Earley set ``P``, lexer
+state ``L``):
+
+1. per lexer state (cached): walk every token's bytes through the lexer DFA
+   at once with numpy. Tokens that stay inside the current lexeme are allowed
+   whatever the parser holds; tokens that die without completing a lexeme are
+   rejected; the rest cross a lexeme boundary and are grouped by (state at the
+   boundary, remaining bytes);
+2. per (P, L) (cached, LRU): each boundary group is decided once by running
+   the parser through it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from gramspec.errors import MatcherError
+from gramspec.grammars.earley import EarleyParser, Rule
+from gramspec.grammars.lexer import Lexer
+from gramspec.grammars.regex_dfa import ByteDFA
+from gramspec.vocab import Vocabulary
+
+State = tuple[int, int]  # (Earley set id, lexer state id)
+
+#: How many whole masks a compiled grammar keeps (least recently used go first).
+DEFAULT_MASK_CACHE = 4096
+_MAX_FORCED_BYTES = 1024
+_WALK_MEMO_LIMIT = 1 << 20
+
+
+def mask_words(vocab_size: int) -> int:
+    """int32 words per row of a packed token bitmask."""
+    return (vocab_size + 31) // 32
+
+
+def unpack_mask(words: np.ndarray, vocab_size: int) -> np.ndarray:
+    """A packed int32 bitmask row as a bool array of ``vocab_size`` entries."""
+    bits = np.unpackbits(np.ascontiguousarray(words, dtype=np.int32).view(np.uint8), bitorder="little")
+    return bits[:vocab_size].astype(bool)
+
+
+def pack_mask(allowed: np.ndarray) -> np.ndarray:
+    """A bool array as a packed int32 bitmask row (bit ``i % 32`` of word ``i // 32``)."""
+    n = mask_words(allowed.shape[0])
+    padded = np.zeros(n * 32, dtype=bool)
+    padded[: allowed.shape[0]] = allowed
+    return np.packbits(padded, bitorder="little").view(np.int32)
+
+
+class TokenTable:
+    """The vocabulary as arrays, built once per vocabulary and shared."""
+
+    _cache: dict[str, TokenTable] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, vocab: Vocabulary) -> None:
+        self.vocab = vocab
+        self.size = vocab.size
+        self.lengths = np.array([len(t) for t in vocab.token_bytes], dtype=np.int32)
+        width = max(int(self.lengths.max(initial=0)), 1)
+        flat = np.frombuffer(b"".join(t.ljust(width, b"\0") for t in vocab.token_bytes), dtype=np.uint8)
+        self.matrix = flat.reshape(self.size, width)
+        self.nonempty = np.flatnonzero(self.lengths > 0).astype(np.int32)
+        self.eos = np.array(sorted(vocab.eos_token_ids), dtype=np.int64)
+        self.by_bytes: dict[bytes, int] = {}
+        for token_id, data in enumerate(vocab.token_bytes):
+            if data and data not in self.by_bytes:
+                self.by_bytes[data] = token_id
+        self.sorted_bytes = sorted(self.by_bytes)
+        self.max_length = width
+
+    @classmethod
+    def for_vocab(cls, vocab: Vocabulary) -> TokenTable:
+        with cls._lock:
+            table = cls._cache.get(vocab.fingerprint)
+            if table is None:
+                table = cls._cache[vocab.fingerprint] = cls(vocab)
+            return table
+
+    def extends_further(self, data: bytes) -> bool:
+        """Whether some token's bytes start with ``data`` and are longer."""
+        i = bisect.bisect_right(self.sorted_bytes, data)
+        return i < len(self.sorted_bytes) and self.sorted_bytes[i].startswith(data)
+
+
+@dataclass(frozen=True)
+class _LexClass:
+    """Tokens classified from one lexer state."""
+
+    inside: np.ndarray  # packed mask of tokens that stay inside the lexeme
+    boundaries: tuple[tuple[int, np.ndarray, np.ndarray], ...]  # (state at boundary, token ids, positions)
+
+
+@dataclass(frozen=True)
+class GrammarSpec:
+    """What a grammar compiles to, before a vocabulary is attached."""
+
+    terminal_names: tuple[str, ...]
+    terminals: tuple[ByteDFA, ...]
+    rules: tuple[Rule, ...]  # rule 0 is $accept -> start
+    ignore: frozenset[int]
+    source: str  # a short description for messages
+
+
+class CompiledGrammar:
+    """A grammar bound to a vocabulary; make one :class:`Matcher` per sequence."""
+
+    def __init__(self, spec: GrammarSpec, vocab: Vocabulary, *, mask_cache_size: int = DEFAULT_MASK_CACHE) -> None:
+        self.spec = spec
+        self.vocab = vocab
+        self.tokens = TokenTable.for_vocab(vocab)
+        self._parser = EarleyParser(spec.rules, len(spec.terminals))
+        self._lexer = Lexer(spec.terminals)
+        self._lock = threading.RLock()
+        self._start: dict[int, int] = {}
+        self._end: dict[tuple[int, frozenset[int]], int | None] = {}
+        self._lex_classes: dict[int, _LexClass] = {}
+        self._masks: OrderedDict[State, np.ndarray] = OrderedDict()
+        self._mask_cache_size = mask_cache_size
+        self._walks: dict[tuple[int, int, int], State | None] = {}
+        self._forced: dict[State, bytes] = {}
+        p0 = self._parser.initial
+        self.initial_state: State = self._normalize(p0, self._start_state(p0))
+
+    def __repr__(self) -> str:
+        return (
+            f"CompiledGrammar({self.spec.source}, terminals={len(self.spec.terminals)}, "
+            f"rules={len(self.spec.rules)}, vocab={self.vocab.size})"
+        )
+
+    @property
+    def vocab_size(self) -> int:
+        return self.vocab.size
+
+    def matcher(self) -> Matcher:
+        return Matcher(self)
+
+    # -- whole strings (used by tests and the CLI) -------------------------
+
+    def accepts_bytes(self, data: bytes) -> bool:
+        """Whether ``data`` is a complete string of the language."""
+        state = self.walk(self.initial_state, data)
+        return state is not None and self.is_accepting(state)
+
+    def is_viable_prefix(self, data: bytes) -> bool:
+        return self.walk(self.initial_state, data) is not None
+
+    # -- the state machine -------------------------------------------------
+
+    def _start_state(self, parser_state: int) -> int:
+        found = self._start.get(parser_state)
+        if found is None:
+            expected = self._parser[parser_state].expected | self.spec.ignore
+            found = self._start[parser_state] = self._lexer.fresh_state(expected)
+        return found
+
+    def _end_lexeme(self, parser_state: int, accepted: frozenset[int]) -> int | None:
+        """The parser state after a lexeme that any of ``accepted`` matches."""
+        key = (parser_state, accepted)
+        if key in self._end:
+            return self._end[key]
+        expected = self._parser[parser_state].expected
+        regular = accepted & expected
+        result: int | None = self._parser.scan(parser_state, regular) if regular else None
+        if accepted & self.spec.ignore:
+            result = parser_state if result is None else self._parser.union_with_previous(result, parser_state)
+        self._end[key] = result
+        return result
+
+    def _normalize(self, parser_state: int, lexer_state: int) -> State:
+        """End a lexeme that no byte can extend, so equal futures share a state."""
+        lexer = self._lexer
+        lexer.row(lexer_state)
+        if not lexer.fresh[lexer_state] and not lexer.has_exit[lexer_state]:
+            after = self._end_lexeme(parser_state, lexer.accepts[lexer_state])
+            if after is not None:
+                return after, self._start_state(after)
+        return parser_state, lexer_state
+
+    def walk(self, state: State, data: bytes) -> State | None:
+        """The state after ``data``, or None if ``data`` leaves the language."""
+        parser_state, lexer_state = state
+        lexer = self._lexer
+        for byte in data:
+            nxt = lexer.step(lexer_state, byte)
+            if nxt < 0:
+                accepted = lexer.accepts[lexer_state]
+                if not accepted:
+                    return None
+                after = self._end_lexeme(parser_state, accepted)
+                if after is None:
+                    return None
+                parser_state = after
+                lexer_state = self._start_state(after)
+                nxt = lexer.step(lexer_state, byte)
+                if nxt < 0:
+                    return None
+            lexer_state = nxt
+        return self._normalize(parser_state, lexer_state)
+
+    def walk_token(self, state: State, token_id: int) -> State | None:
+        key = (state[0], state[1], token_id)
+        if key in self._walks:
+            return self._walks[key]
+        data = self.vocab.token_bytes[token_id] if 0 <= token_id < self.vocab.size else b""
+        result = self.walk(state, data) if data else None
+        if len(self._walks) >= _WALK_MEMO_LIMIT:
+            self._walks.clear()
+        self._walks[key] = result
+        return result
+
+    def is_accepting(self, state: State) -> bool:
+        parser_state, lexer_state = state
+        if self._lexer.fresh[lexer_state]:
+            return self._parser[parser_state].accepting
+        accepted = self._lexer.accepts[lexer_state]
+        if not accepted:
+            return False
+        after = self._end_lexeme(parser_state, accepted)
+        return after is not None and self._parser[after].accepting
+
+    def can_continue(self, state: State) -> bool:
+        """Whether some non-empty text can follow (so the string is not finished)."""
+        parser_state, lexer_state = state
+        return bool(self._lexer.row(lexer_state).max() >= 0) or bool(self._parser[parser_state].expected)
+
+    # -- masks -------------------------------------------------------------
+
+    def mask(self, state: State) -> np.ndarray:
+        """The packed int32 mask of tokens allowed in ``state`` (shared: do not modify)."""
+        cached = self._masks.get(state)
+        if cached is not None:
+            self._masks.move_to_end(state)
+            return cached
+        words = self._compute_mask(state)
+        with self._lock:
+            self._masks[state] = words
+            if len(self._masks) > self._mask_cache_size:
+                self._masks.popitem(last=False)
+        return words
+
+    def _compute_mask(self, state: State) -> np.ndarray:
+        parser_state, lexer_state = state
+        lex_class = self._lex_class(lexer_state)
+        allowed = unpack_mask(lex_class.inside, self.vocab.size)
+        for boundary_state, ids, positions in lex_class.boundaries:
+            after = self._end_lexeme(parser_state, self._lexer.accepts[boundary_state])
+            if after is None:
+                continue
+            fresh = self._start_state(after)
+            at_start = positions == 0
+            if at_start.any():  # the lexeme ends before the token: the next state's mask decides
+                next_mask = unpack_mask(self.mask((after, fresh)), self.vocab.size)
+                first = ids[at_start]
+                allowed[first] = next_mask[first]
+            later = ~at_start
+            if later.any():
+                allowed[self._resolve(after, fresh, ids[later], positions[later])] = True
+        if self.is_accepting(state) and self.tokens.eos.size:
+            allowed[self.tokens.eos] = True
+        return pack_mask(allowed)
+
+    def _resolve(self, parser_state: int, lexer_state: int, ids: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """Of tokens ``ids`` whose bytes from ``offsets`` on start a lexeme in
+        ``lexer_state`` (parser in ``parser_state``), the ones that stay viable."""
+        inside, boundaries = self._lex_walk(np.full(ids.shape[0], lexer_state, dtype=np.int32), ids, offsets)
+        parts = [inside]
+        for boundary_state, sub_ids, positions in boundaries:
+            after = self._end_lexeme(parser_state, self._lexer.accepts[boundary_state])
+            if after is not None:
+                parts.append(self._resolve(after, self._start_state(after), sub_ids, positions))
+        return np.concatenate(parts)
+
+    def _lex_class(self, lexer_state: int) -> _LexClass:
+        found = self._lex_classes.get(lexer_state)
+        if found is not None:
+            return found
+        ids = self.tokens.nonempty
+        inside_ids, boundaries = self._lex_walk(
+            np.full(ids.shape[0], lexer_state, dtype=np.int32), ids, np.zeros(ids.shape[0], dtype=np.int32)
+        )
+        inside = np.zeros(self.vocab.size, dtype=bool)
+        inside[inside_ids] = True
+        lex_class = _LexClass(pack_mask(inside), tuple(boundaries))
+        self._lex_classes[lexer_state] = lex_class
+        return lex_class
+
+    def _lex_walk(
+        self, current: np.ndarray, ids: np.ndarray, positions: np.ndarray
+    ) -> tuple[np.ndarray, list[tuple[int, np.ndarray, np.ndarray]]]:
+        """Walk tokens ``ids`` from ``positions`` on through the lexer, from
+        states ``current``. Returns the tokens that end inside the lexeme, and
+        per lexer state where the lexeme had to end (a complete lexeme), the
+        tokens and positions that crossed that boundary; the others are dead."""
+        lexer, tokens = self._lexer, self.tokens
+        lengths = tokens.lengths
+        inside: list[np.ndarray] = []
+        crossed_ids: list[np.ndarray] = []
+        crossed_pos: list[np.ndarray] = []
+        crossed_state: list[np.ndarray] = []
+        while ids.size:
+            ended = lengths[ids] == positions
+            if ended.any():
+                inside.append(ids[ended])
+                keep = ~ended
+                ids, positions, current = ids[keep], positions[keep], current[keep]
+                if not ids.size:
+                    break
+            table = lexer.rows(current)
+            nxt = table[current, tokens.matrix[ids, positions]]
+            dead = nxt < 0
+            if dead.any():
+                crossed_ids.append(ids[dead])
+                crossed_pos.append(positions[dead])
+                crossed_state.append(current[dead])
+                live = ~dead
+                ids, positions, current = ids[live], positions[live], nxt[live]
+            else:
+                current = nxt
+            positions = positions + 1
+        inside_ids = np.concatenate(inside) if inside else np.zeros(0, dtype=np.int32)
+        boundaries: list[tuple[int, np.ndarray, np.ndarray]] = []
+        if crossed_ids:
+            all_ids = np.concatenate(crossed_ids)
+            all_pos = np.concatenate(crossed_pos)
+            all_state = np.concatenate(crossed_state)
+            complete = lexer.has_accept[all_state]
+            all_ids, all_pos, all_state = all_ids[complete], all_pos[complete], all_state[complete]
+            order = np.argsort(all_state, kind="stable")
+            all_ids, all_pos, all_state = all_ids[order], all_pos[order], all_state[order]
+            cuts = np.flatnonzero(np.diff(all_state)) + 1
+            for chunk_ids, chunk_pos, chunk_state in zip(
+                np.split(all_ids, cuts), np.split(all_pos, cuts), np.split(all_state, cuts)
+            ):
+                if chunk_ids.size:
+                    boundaries.append((int(chunk_state[0]), chunk_ids, chunk_pos))
+        return inside_ids, boundaries
+
+    # -- forced text ---------------------------------------------------------
+
+    def forced_bytes(self, state: State) -> bytes:
+        """The longest byte string the grammar allows no alternative to from ``state``."""
+        found = self._forced.get(state)
+        if found is not None:
+            return found
+        out = bytearray()
+        current = state
+        while len(out) < _MAX_FORCED_BYTES and not self.is_accepting(current):
+            options = [(b, nxt) for b in range(256) if (nxt := self.walk(current, bytes((b,)))) is not None]
+            if len(options) != 1:
+                break
+            out.append(options[0][0])
+            current = options[0][1]
+        result = bytes(out)
+        self._forced[state] = result
+        return result
+
+
+class Matcher:
+    """One sequence's position in a grammar: advance, mask, roll back, fork."""
+
+    def __init__(self, grammar: CompiledGrammar, *, history: Sequence[tuple[State, bool, int]] | None = None) -> None:
+        self.grammar = grammar
+        # (state, EOS taken, token that led here); entry 0 is the start
+        self._history: list[tuple[State, bool, int]] = (
+            list(history) if history is not None else [(grammar.initial_state, False, -1)]
+        )
+
+    def __repr__(self) -> str:
+        return f"Matcher(tokens={len(self._history) - 1}, terminated={self.is_terminated()})"
+
+    @property
+    def state(self) -> State:
+        return self._history[-1][0]
+
+    @property
+    def tokens(self) -> list[int]:
+        """The tokens advanced so far (EOS included once taken)."""
+        return [token for _, _, token in self._history[1:]]
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens advanced so far (the most that :meth:`rollback` can undo)."""
+        return len(self._history) - 1
+
+    def advance(self, token_id: int) -> bool:
+        """Take ``token_id`` if the grammar allows it; return False (state unchanged) if not."""
+        state, terminated, _ = self._history[-1]
+        if terminated:
+            return False
+        if token_id in self.grammar.vocab.eos_token_ids:
+            if not self.grammar.is_accepting(state):
+                return False
+            self._history.append((state, True, token_id))
+            return True
+        nxt = self.grammar.walk_token(state, token_id)
+        if nxt is None:
+            return False
+        self._history.append((nxt, False, token_id))
+        return True
+
+    def advance_many(self, token_ids: Sequence[int]) -> int:
+        """Advance through ``token_ids``; return how many were taken (stops at the first rejected)."""
+        for count, token_id in enumerate(token_ids):
+            if not self.advance(token_id):
+                return count
+        return len(token_ids)
+
+    def rollback(self, n: int = 1) -> None:
+        """Undo the last ``n`` advanced tokens."""
+        if n < 0 or n > self.num_tokens:
+            raise MatcherError(f"cannot roll back {n} tokens: {self.num_tokens} were advanced")
+        if n:
+            del self._history[-n:]
+
+    def reset(self) -> None:
+        del self._history[1:]
+
+    def fork(self) -> Matcher:
+        """An independent copy at the same position (history included)."""
+        return Matcher(self.grammar, history=self._history)
+
+    def is_terminated(self) -> bool:
+        """Whether EOS was taken."""
+        return self._history[-1][1]
+
+    def is_accepting(self) -> bool:
+        """Whether the text so far is a complete string of the language (EOS allowed)."""
+        state, terminated, _ = self._history[-1]
+        return terminated or self.grammar.is_accepting(state)
+
+    def fill_mask(self, bitmask: np.ndarray, row: int = 0) -> None:
+        """Write the allowed tokens into ``bitmask[row]`` (int32, ceil(V/32) words
+        or more; extra words are zeroed). After EOS nothing is allowed."""
+        target = bitmask[row] if bitmask.ndim == 2 else bitmask
+        words = mask_words(self.grammar.vocab.size)
+        if target.shape[0] < words:
+            raise MatcherError(f"bitmask row has {target.shape[0]} words; {words} are needed")
+        state, terminated, _ = self._history[-1]
+        target[words:] = 0
+        if terminated:
+            target[:words] = 0
+        else:
+            target[:words] = self.grammar.mask(state)
+
+    def allowed_tokens(self) -> np.ndarray:
+        """The mask as a bool array over the vocabulary."""
+        bitmask = np.zeros(mask_words(self.grammar.vocab.size), dtype=np.int32)
+        self.fill_mask(bitmask)
+        return unpack_mask(bitmask, self.grammar.vocab.size)
+
+    def is_allowed(self, token_id: int) -> bool:
+        """Whether ``token_id`` may come next, without computing the whole mask."""
+        state, terminated, _ = self._history[-1]
+        if terminated:
+            return False
+        if token_id in self.grammar.vocab.eos_token_ids:
+            return self.grammar.is_accepting(state)
+        return self.grammar.walk_token(state, token_id) is not None
+
+    def forced_bytes(self) -> bytes:
+        state, terminated, _ = self._history[-1]
+        return b"" if terminated else self.grammar.forced_bytes(state)
+
+    def forced_tokens(self) -> list[int]:
+        """Tokens the grammar leaves no choice about from here.
+
+        The forced bytes are split by longest match over the vocabulary; a
+        last token that some longer token extends is left out (the model may
+        rather merge it with what follows).
+        """
+        data = self.forced_bytes()
+        tokens = self.grammar.tokens
+        out: list[int] = []
+        state = self.state
+        i = 0
+        while i < len(data):
+            for length in range(min(tokens.max_length, len(data) - i), 0, -1):
+                token_id = tokens.by_bytes.get(data[i : i + length])
+                if token_id is not None:
+                    nxt = self.grammar.walk_token(state, token_id)
+                    if nxt is not None:
+                        out.append(token_id)
+                        state = nxt
+                        i += length
+                        break
+            else:
+                break
+        if out and tokens.extends_further(self.grammar.vocab.token_bytes[out[-1]]):
+            out.pop()
+        return out

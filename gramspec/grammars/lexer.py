@@ -1,0 +1,112 @@
+"""A lazily built lexer DFA over all terminals of a grammar.
+
+A lexer state is the set of ``(terminal, dfa state)`` pairs still alive in the
+current lexeme, or a *fresh* state for an empty lexeme that may become any of
+a set of terminals (the ones the parser expects, plus ``%ignore`` ones).
+Lexemes are greedy: while some live terminal can take the next byte the
+lexeme goes on; when none can, the lexeme must be complete (some terminal in
+an accepting state) and the byte starts the next lexeme.
+
+States are interned to integers and their 256-byte transition rows are
+computed on first use, so only the part of the product automaton that text
+actually reaches is ever built.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+
+from gramspec.grammars.regex_dfa import ByteDFA
+
+Pairs = tuple[tuple[int, int], ...]
+
+
+class Lexer:
+    """Interned lexer states with transition rows, shared by all matchers of a grammar."""
+
+    def __init__(self, terminals: Sequence[ByteDFA]) -> None:
+        self.terminals = tuple(terminals)
+        self._lock = threading.RLock()
+        self._ids: dict[tuple[bool, Pairs], int] = {}
+        self.pairs: list[Pairs] = []
+        self.fresh: list[bool] = []
+        self.accepts: list[frozenset[int]] = []  # terminals complete in this state
+        self._rows = np.full((64, 256), -1, dtype=np.int32)
+        self._expanded = np.zeros(64, dtype=bool)
+        self.has_exit = np.zeros(64, dtype=bool)  # some byte continues the lexeme
+        self.has_accept = np.zeros(64, dtype=bool)  # some terminal is complete
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def fresh_state(self, terminals: frozenset[int]) -> int:
+        """The empty-lexeme state for ``terminals``."""
+        pairs = tuple((t, self.terminals[t].start) for t in sorted(terminals))
+        return self._intern(True, pairs)
+
+    def rows(self, states: np.ndarray) -> np.ndarray:
+        """The transition table, with rows for ``states`` computed; index it by
+        ``[state, byte]`` (-1: no live terminal takes the byte)."""
+        todo = [int(s) for s in np.unique(states) if not self._expanded[s]]
+        for state in todo:
+            self._expand(state)
+        return self._rows
+
+    def row(self, state: int) -> np.ndarray:
+        if not self._expanded[state]:
+            self._expand(state)
+        return self._rows[state]
+
+    def step(self, state: int, byte: int) -> int:
+        if not self._expanded[state]:
+            self._expand(state)
+        return int(self._rows[state, byte])
+
+    def _intern(self, fresh: bool, pairs: Pairs) -> int:
+        key = (fresh, pairs)
+        found = self._ids.get(key)
+        if found is not None:
+            return found
+        with self._lock:
+            found = self._ids.get(key)
+            if found is not None:
+                return found
+            state = len(self.pairs)
+            if state >= self._rows.shape[0]:
+                grow = self._rows.shape[0]
+                self._rows = np.concatenate([self._rows, np.full((grow, 256), -1, dtype=np.int32)])
+                self._expanded = np.concatenate([self._expanded, np.zeros(grow, dtype=bool)])
+                self.has_exit = np.concatenate([self.has_exit, np.zeros(grow, dtype=bool)])
+                self.has_accept = np.concatenate([self.has_accept, np.zeros(grow, dtype=bool)])
+            self.pairs.append(pairs)
+            self.fresh.append(fresh)
+            self.accepts.append(
+                frozenset() if fresh else frozenset(t for t, s in pairs if self.terminals[t].accepting[s])
+            )
+            self.has_accept[state] = bool(self.accepts[state])
+            self._ids[key] = state
+            return state
+
+    def _expand(self, state: int) -> None:
+        with self._lock:
+            if self._expanded[state]:
+                return
+            pairs = self.pairs[state]
+            row = np.full(256, -1, dtype=np.int32)
+            if pairs:
+                nxt = np.stack([self.terminals[t].transitions[s] for t, s in pairs])  # [m, 256]
+                live = np.flatnonzero((nxt >= 0).any(axis=0))
+                if live.size:
+                    columns, inverse = np.unique(nxt[:, live].T, axis=0, return_inverse=True)
+                    ids = np.empty(len(columns), dtype=np.int32)
+                    for k, column in enumerate(columns.tolist()):
+                        ids[k] = self._intern(
+                            False, tuple((pairs[i][0], s) for i, s in enumerate(column) if s >= 0)
+                        )
+                    row[live] = ids[inverse.reshape(-1)]
+            self._rows[state] = row
+            self.has_exit[state] = bool((row >= 0).any())
+            self._expanded[state] = True

@@ -1,0 +1,382 @@
+"""The grammar engine against its oracles.
+
+* lark (and ``re.fullmatch`` for regexes) decides membership of whole strings;
+* brute force over the whole vocabulary decides masks: token t is allowed iff
+  the text so far followed by t's bytes is a viable prefix, checked by a
+  separately built grammar, byte by byte;
+* random walks over allowed tokens must always be able to finish in a string
+  lark accepts (no dead ends);
+* every tokenization of a valid string is accepted token by token.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import threading
+from collections import deque
+
+import lark
+import numpy as np
+import pytest
+
+from gramspec import Vocabulary
+from gramspec.grammars import CompiledGrammar, compile_grammar, compile_regex, mask_words, unpack_mask
+from gramspec.grammars.compiled import State
+from grammar_cases import CASES, JSON, REGEXES
+
+BYTE_VOCAB = Vocabulary.from_token_bytes([bytes([b]) for b in range(256)] + [b""], eos_token_ids=[256])
+
+
+def lark_accepts(parser: lark.Lark, text: str) -> bool:
+    try:
+        parser.parse(text)
+    except lark.exceptions.LarkError:
+        return False
+    return True
+
+
+def mutations(text: str, rng: random.Random, count: int) -> list[str]:
+    """Random one-character edits of ``text`` (delete, insert, replace)."""
+    alphabet = "\"{}[],:ab1 .-+*()';=xyz<\\\u00e9"
+    out = []
+    for _ in range(count):
+        i = rng.randrange(len(text) + 1)
+        op = rng.randrange(3)
+        ch = rng.choice(alphabet)
+        if op == 0 and i < len(text):
+            out.append(text[:i] + text[i + 1 :])
+        elif op == 1:
+            out.append(text[:i] + ch + text[i:])
+        else:
+            out.append(text[:i] + ch + text[i + 1 :])
+    return out
+
+
+def reference(grammar: CompiledGrammar) -> CompiledGrammar:
+    """An independent instance of the same grammar: no cache shared with ``grammar``."""
+    return CompiledGrammar(grammar.spec, grammar.vocab)
+
+
+def brute_force_mask(ref: CompiledGrammar, state: State) -> np.ndarray:
+    allowed = np.zeros(ref.vocab.size, dtype=bool)
+    for token_id, data in enumerate(ref.vocab.token_bytes):
+        if data:
+            allowed[token_id] = ref.walk(state, data) is not None
+    if ref.is_accepting(state):
+        allowed[sorted(ref.vocab.eos_token_ids)] = True
+    return allowed
+
+
+def shortest_completion(grammar: CompiledGrammar, state: State, limit: int = 20_000) -> bytes:
+    """Breadth-first search over grammar states for the shortest text that completes ``state``."""
+    queue: deque[tuple[State, bytes]] = deque([(state, b"")])
+    seen = {state}
+    while queue and len(seen) < limit:
+        current, text = queue.popleft()
+        if grammar.is_accepting(current):
+            return text
+        for byte in range(256):
+            nxt = grammar.walk(current, bytes((byte,)))
+            if nxt is not None and nxt not in seen:
+                seen.add(nxt)
+                queue.append((nxt, text + bytes((byte,))))
+    raise AssertionError(f"no completion found from {state} (a dead end?)")
+
+
+def random_tokenization(vocab: Vocabulary, data: bytes, rng: random.Random) -> list[int]:
+    """A random split of ``data`` into vocabulary tokens (each piece a token's exact bytes)."""
+    by_bytes: dict[bytes, list[int]] = {}
+    longest = 0
+    for token_id, token in enumerate(vocab.token_bytes):
+        if token and token in data:
+            by_bytes.setdefault(token, []).append(token_id)
+            longest = max(longest, len(token))
+    # reachable[i]: the end can be reached from position i
+    reachable = [False] * (len(data) + 1)
+    reachable[len(data)] = True
+    for i in range(len(data) - 1, -1, -1):
+        reachable[i] = any(
+            data[i : i + n] in by_bytes and reachable[i + n] for n in range(1, min(longest, len(data) - i) + 1)
+        )
+    assert reachable[0], "the vocabulary cannot spell the text"
+    out, i = [], 0
+    while i < len(data):
+        choices = [n for n in range(1, min(longest, len(data) - i) + 1) if data[i : i + n] in by_bytes and reachable[i + n]]
+        n = rng.choice(choices)
+        out.append(rng.choice(by_bytes[data[i : i + n]]))
+        i += n
+    return out
+
+
+# -- membership: lark and re decide --------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_membership_agrees_with_lark(name: str) -> None:
+    text, valid, invalid = CASES[name]
+    grammar = compile_grammar(text, BYTE_VOCAB)
+    parser = lark.Lark(text, parser="earley")
+    rng = random.Random(name)
+    for s in valid:
+        assert grammar.accepts_bytes(s.encode()), s
+        assert lark_accepts(parser, s), s
+    for s in invalid:
+        assert not grammar.accepts_bytes(s.encode()), s
+        assert not lark_accepts(parser, s), s
+    disagreements = [
+        s for v in valid for s in mutations(v, rng, 40) if grammar.accepts_bytes(s.encode()) != lark_accepts(parser, s)
+    ]
+    assert disagreements == []
+
+
+@pytest.mark.parametrize("name", sorted(REGEXES))
+def test_regex_membership_agrees_with_re(name: str) -> None:
+    pattern, valid, invalid = REGEXES[name]
+    grammar = compile_regex(pattern, BYTE_VOCAB)
+    rng = random.Random(name)
+    for s in valid:
+        assert grammar.accepts_bytes(s.encode()), s
+    for s in invalid:
+        assert not grammar.accepts_bytes(s.encode()), s
+    candidates = [s for v in valid for s in mutations(v, rng, 60)]
+    assert [s for s in candidates if grammar.accepts_bytes(s.encode()) != bool(re.fullmatch(pattern, s))] == []
+
+
+def test_prefixes_of_valid_strings_are_viable_and_garbage_is_not() -> None:
+    grammar = compile_grammar(JSON, BYTE_VOCAB)
+    doc = '{"k": ["\u4e16", 1.5e-3, {"z": null}]}'.encode()
+    for cut in range(len(doc) + 1):  # every cut, including inside the UTF-8 of the CJK character
+        assert grammar.is_viable_prefix(doc[:cut])
+    assert not grammar.is_viable_prefix(b'{"k" 1')
+    assert not grammar.is_viable_prefix(b'"\xff')  # never valid UTF-8
+    assert not grammar.is_viable_prefix(b'"\xe4\xb8"')  # a character cut short
+
+
+# -- masks: brute force over the vocabulary decides ------------------------------
+
+MASK_PREFIXES: dict[str, list[bytes]] = {
+    "json": [
+        b'{"name": "Al',
+        b'{"name": "Alice", "a',
+        b"[1, 2",
+        b'{"x": [tr',
+        '"h\u00e9'.encode(),
+        b'"\xe4',  # inside a UTF-8 character
+        b"  ",
+    ],
+    "sql": [b"SELECT ", b"select id, na", b"SELECT * FROM t WHERE a >", b"SELECT a FROM t WHERE b = 'x"],
+    "c_like": [b"int main() { ", b"int f(int a) { if (a < 1", b"void g() { /* c", b"int h() { return f(1, "],
+    "arithmetic": [b"1 + ", b"(a1", b"2 * (3"],
+    "ambiguous": [b"1+2", b"xy", b"(1"],
+}
+
+
+@pytest.mark.parametrize("tokenizer", ["llama-bpe", "llama-spm", "gpt-2"])
+@pytest.mark.parametrize("name", sorted(MASK_PREFIXES))
+def test_masks_match_brute_force(name: str, tokenizer: str, vocab_for) -> None:  # type: ignore[no-untyped-def]
+    vocab = vocab_for(tokenizer)
+    grammar = compile_grammar(CASES[name][0], vocab)
+    ref = reference(grammar)
+    prefixes = MASK_PREFIXES[name] if tokenizer != "llama-bpe" else MASK_PREFIXES[name][:2]
+    for data in [b""] + prefixes:
+        state = grammar.walk(grammar.initial_state, data)
+        assert state is not None, data
+        ours = unpack_mask(grammar.mask(state), vocab.size)
+        expected = brute_force_mask(ref, ref.walk(ref.initial_state, data))  # type: ignore[arg-type]
+        wrong = np.flatnonzero(ours != expected)
+        assert wrong.size == 0, (data, [(int(i), vocab.token_bytes[i], bool(expected[i])) for i in wrong[:10]])
+        assert expected.any(), f"dead end after {data!r}"
+
+
+@pytest.mark.model
+def test_masks_match_brute_force_smollm2(vocab_for) -> None:  # type: ignore[no-untyped-def]
+    vocab = vocab_for("smollm2")
+    for name in ("json", "c_like"):
+        grammar = compile_grammar(CASES[name][0], vocab)
+        ref = reference(grammar)
+        for data in [b""] + MASK_PREFIXES[name][:3]:
+            state = grammar.walk(grammar.initial_state, data)
+            assert state is not None
+            expected = brute_force_mask(ref, ref.walk(ref.initial_state, data))  # type: ignore[arg-type]
+            assert np.array_equal(unpack_mask(grammar.mask(state), vocab.size), expected), data
+
+
+@pytest.mark.parametrize("name", sorted(REGEXES))
+def test_regex_masks_match_brute_force(name: str, vocab_for) -> None:  # type: ignore[no-untyped-def]
+    vocab = vocab_for("gpt-2")
+    pattern, valid, _ = REGEXES[name]
+    grammar = compile_regex(pattern, vocab)
+    ref = reference(grammar)
+    data = valid[0].encode()
+    for cut in sorted({0, 1, len(data) // 2, len(data) - 1, len(data)}):
+        state = grammar.walk(grammar.initial_state, data[:cut])
+        assert state is not None
+        expected = brute_force_mask(ref, ref.walk(ref.initial_state, data[:cut]))  # type: ignore[arg-type]
+        assert np.array_equal(unpack_mask(grammar.mask(state), vocab.size), expected), (name, cut)
+
+
+def test_padding_ids_and_special_tokens_are_never_allowed() -> None:
+    tokens = [bytes([b]) for b in range(256)] + [b"<s>", b""] + [b""] * 5
+    vocab = Vocabulary.from_token_bytes(tokens, eos_token_ids=[257], special_token_ids=[256])
+    matcher = compile_grammar(JSON, vocab).matcher()
+    allowed = matcher.allowed_tokens()
+    assert allowed.shape == (vocab.size,)
+    assert not allowed[256:].any()
+    assert matcher.advance(ord("1")) and matcher.allowed_tokens()[257]  # EOS once complete
+    assert not matcher.advance(256)
+    assert not matcher.advance(260)
+
+
+def test_fill_mask_layout_and_rows() -> None:
+    matcher = compile_regex(r"ab|b", BYTE_VOCAB).matcher()
+    bitmask = np.full((3, mask_words(BYTE_VOCAB.size) + 2), -1, dtype=np.int32)
+    matcher.fill_mask(bitmask, row=1)
+    assert (bitmask[0] == -1).all() and (bitmask[2] == -1).all()
+    expected_words = np.zeros(bitmask.shape[1], dtype=np.int32)
+    expected_words[ord("a") // 32] |= 1 << (ord("a") % 32)
+    expected_words[ord("b") // 32] |= 1 << (ord("b") % 32)
+    assert np.array_equal(bitmask[1], expected_words)
+
+
+# -- no dead ends: random walks always finish in the language ---------------------
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_random_walks_finish_in_language(name: str, vocab_for) -> None:  # type: ignore[no-untyped-def]
+    vocab = vocab_for("gpt-2")
+    text = CASES[name][0]
+    grammar = compile_grammar(text, vocab)
+    parser = lark.Lark(text, parser="earley")
+    by_bytes = {vocab.token_bytes[i]: i for i in range(vocab.size) if len(vocab.token_bytes[i]) == 1}
+    eos = min(vocab.eos_token_ids)
+    rng = random.Random(name)
+    for _ in range(6):
+        matcher = grammar.matcher()
+        for _ in range(rng.randrange(4, 25)):
+            allowed = np.flatnonzero(matcher.allowed_tokens())
+            assert allowed.size, f"dead end after {vocab.decode(matcher.tokens)!r}"
+            choice = int(rng.choice(allowed))
+            if choice == eos:
+                break
+            assert matcher.advance(choice)
+        if not matcher.is_terminated():
+            for byte in shortest_completion(grammar, matcher.state):
+                assert matcher.advance(by_bytes[bytes((byte,))])
+            assert matcher.advance(eos)
+        assert matcher.is_terminated()
+        text_bytes = vocab.decode(matcher.tokens)
+        assert lark_accepts(parser, text_bytes.decode("utf-8")), text_bytes
+
+
+# -- no false rejections: every tokenization of a valid string is accepted ------
+
+
+@pytest.mark.parametrize("tokenizer", ["llama-bpe", "gpt-2", "llama-spm"])
+def test_valid_strings_accepted_under_any_tokenization(tokenizer: str, vocab_for, load_tokenizer) -> None:  # type: ignore[no-untyped-def]
+    vocab = vocab_for(tokenizer)
+    hf = load_tokenizer(tokenizer)
+    rng = random.Random(tokenizer)
+    for name, (text, valid, _) in sorted(CASES.items()):
+        grammar = compile_grammar(text, vocab)
+        for s in valid:
+            data = s.encode()
+            canonical = hf.encode(s, add_special_tokens=False)
+            tokenizations = [random_tokenization(vocab, data, rng) for _ in range(3)]
+            if vocab.decode(canonical) == data:  # SentencePiece adds a leading space
+                tokenizations.append(canonical)
+            for tokens in tokenizations:
+                matcher = grammar.matcher()
+                assert matcher.advance_many(tokens) == len(tokens), (name, s)
+                assert matcher.is_accepting(), (name, s)
+                assert matcher.advance(min(vocab.eos_token_ids))
+
+
+# -- rollback, fork, forced tokens ------------------------------------------------
+
+
+def test_rollback_and_fork_restore_masks(vocab_for) -> None:  # type: ignore[no-untyped-def]
+    vocab = vocab_for("gpt-2")
+    grammar = compile_grammar(JSON, vocab)
+    tokens = random_tokenization(vocab, b'{"a": [1, {"b": "c\xc3\xa9"}], "d": true}', random.Random(1))
+    matcher = grammar.matcher()
+    masks = [matcher.allowed_tokens()]
+    for token in tokens:
+        assert matcher.advance(token)
+        masks.append(matcher.allowed_tokens())
+    fork = matcher.fork()
+    for back in (3, 1, 5):
+        matcher.rollback(back)
+        assert np.array_equal(matcher.allowed_tokens(), masks[matcher.num_tokens])
+    assert np.array_equal(fork.allowed_tokens(), masks[-1])
+    assert fork.advance(min(vocab.eos_token_ids)) and fork.is_terminated()
+    assert not matcher.is_terminated()
+    matcher.rollback(matcher.num_tokens)
+    assert np.array_equal(matcher.allowed_tokens(), masks[0])
+    with pytest.raises(ValueError):
+        matcher.rollback(1)
+
+
+def test_rejected_token_leaves_state_unchanged() -> None:
+    matcher = compile_grammar(JSON, BYTE_VOCAB).matcher()
+    assert matcher.advance(ord("["))
+    before = matcher.allowed_tokens()
+    assert not matcher.advance(ord("}"))
+    assert matcher.num_tokens == 1
+    assert np.array_equal(matcher.allowed_tokens(), before)
+    assert not matcher.advance(256)  # EOS while incomplete
+
+
+def test_forced_tokens(vocab_for) -> None:  # type: ignore[no-untyped-def]
+    vocab = vocab_for("gpt-2")
+    grammar = compile_grammar(r'start: "{\"name\": " ESCAPED_STRING ", \"id\": " INT "}"' + "\n%import common (ESCAPED_STRING, INT)", vocab)
+    matcher = grammar.matcher()
+    assert matcher.forced_bytes() == b'{"name": "'
+    forced = matcher.forced_tokens()
+    assert forced and b'{"name": "'.startswith(vocab.decode(forced))
+    assert matcher.advance_many(forced) == len(forced)
+    for token in random_tokenization(vocab, b'{"name": "'[len(vocab.decode(forced)) :] + b'Bob"', random.Random(0)):
+        assert matcher.advance(token)
+    assert matcher.forced_bytes() == b', "id": '
+    assert matcher.forced_tokens() == matcher.forced_tokens()
+    assert grammar.matcher().forced_bytes() == b'{"name": "'
+    assert compile_grammar(JSON, vocab).matcher().forced_tokens() == []
+
+
+# -- sharing and caching -----------------------------------------------------------
+
+
+def test_compiled_grammar_is_shared_safely_across_threads(vocab_for) -> None:  # type: ignore[no-untyped-def]
+    vocab = vocab_for("gpt-2")
+    grammar = compile_grammar(CASES["sql"][0], vocab, disk_cache=False)
+    ref = reference(grammar)
+    prefixes = [b"", b"SELECT ", b"SELECT a, b FROM t WHERE x = 1 AND ", b"select * from t where y < 'a"]
+    expected = [unpack_mask(ref.mask(ref.walk(ref.initial_state, p)), vocab.size) for p in prefixes]  # type: ignore[arg-type]
+    errors: list[str] = []
+
+    def work(seed: int) -> None:
+        order = list(range(len(prefixes)))
+        random.Random(seed).shuffle(order)
+        for i in order:
+            state = grammar.walk(grammar.initial_state, prefixes[i])
+            if not np.array_equal(unpack_mask(grammar.mask(state), vocab.size), expected[i]):  # type: ignore[arg-type]
+                errors.append(f"thread {seed}: prefix {prefixes[i]!r}")
+
+    threads = [threading.Thread(target=work, args=(seed,)) for seed in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_disk_cache_round_trip(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("GRAMSPEC_CACHE_DIR", str(tmp_path))
+    grammar_text = 'start: "x" /[0-9]+/ "y"'
+    first = compile_grammar(grammar_text, BYTE_VOCAB)
+    files = list((tmp_path / "grammars").glob("*.pkl"))
+    assert len(files) == 1
+    other_vocab = Vocabulary.from_token_bytes([bytes([b]) for b in range(256)] + [b"", b"xy"], eos_token_ids=[256])
+    second = compile_grammar(grammar_text, other_vocab)  # new vocabulary: the spec comes from disk
+    assert second is not first and second.accepts_bytes(b"x12y") and not second.accepts_bytes(b"xy")
+    assert compile_grammar(grammar_text, BYTE_VOCAB) is first  # memory cache
