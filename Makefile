@@ -38,8 +38,8 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/gramspec generate --max-new-tokens 80 \
-		'Reply with only a JSON object describing a cat, with the keys "name", "age" and "color".'
+	$(BIN)/gramspec generate --max-new-tokens 48 \
+		'Give me a JSON object with the keys "name", "age" and "color" for a cat.'
 
 # pytest exits 5 when it collects no test: report it, but do not fail on it.
 test: setup
