@@ -20,7 +20,7 @@ import contextlib
 import re
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import interegular
@@ -176,9 +176,12 @@ def _time_limit(seconds: float, message: str) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def _char_fsm_to_bytes(fsm: interegular.FSM, *, shortest: bool, max_states: int, pattern: str) -> ByteDFA:
+IntervalMap = list[tuple[int, int, int]]  # sorted, disjoint (lo, hi, target) code point intervals
+
+
+def _fsm_interval_maps(fsm: interegular.FSM) -> tuple[list[IntervalMap], int, set[int]]:
+    """interegular's character FSM as per-state interval maps over code points."""
     mapping = fsm.alphabet._symbol_mapping
-    # Explicit code points by transition class, and the class of "anything else".
     explicit: list[tuple[int, int]] = sorted(
         (ord(sym), cls) for sym, cls in mapping.items() if sym is not anything_else and len(sym) == 1
     )
@@ -186,12 +189,10 @@ def _char_fsm_to_bytes(fsm: interegular.FSM, *, shortest: bool, max_states: int,
     explicit_cps = [cp for cp, _ in explicit]
     char_states = list(fsm.states)
     index = {s: i for i, s in enumerate(char_states)}
-    n_char = len(char_states)
-
-    def interval_map(state: object) -> list[tuple[int, int, int]]:
-        """Sorted, disjoint (lo, hi, target) code point intervals out of ``state``."""
+    maps: list[IntervalMap] = []
+    for state in char_states:
         moves = fsm.map.get(state, {})
-        runs: list[tuple[int, int, int]] = []
+        runs: IntervalMap = []
         for cp, cls in explicit:
             if cls in moves:
                 target = index[moves[cls]]
@@ -207,14 +208,51 @@ def _char_fsm_to_bytes(fsm: interegular.FSM, *, shortest: bool, max_states: int,
                     runs.append((lo, cp - 1, target))
                 lo = cp + 1
             runs.sort()
-        return _remove_surrogates(runs)
+        maps.append(_remove_surrogates(runs))
+    return maps, index[fsm.initial], {index[s] for s in fsm.finals}
 
+
+def _char_fsm_to_bytes(fsm: interegular.FSM, *, shortest: bool, max_states: int, pattern: str) -> ByteDFA:
+    maps, initial, finals = _fsm_interval_maps(fsm)
+    return chars_to_bytes(maps, initial, finals, shortest=shortest, max_states=max_states, what=f"regex {pattern!r}")
+
+
+_JSON_SHORT_ESCAPES = {ord('"'): 0x22, ord("\\"): 0x5C, ord("/"): 0x2F, ord("b"): 0x08, ord("f"): 0x0C, ord("n"): 0x0A, ord("r"): 0x0D, ord("t"): 0x09}
+_HEX_DIGITS = [(d, [ord(c) for c in {f"{d:x}", f"{d:X}"}]) for d in range(16)]
+
+
+def chars_to_bytes(
+    maps: list[IntervalMap],
+    initial: int,
+    finals: set[int],
+    *,
+    shortest: bool = False,
+    json_string: bool = False,
+    max_states: int = DEFAULT_MAX_DFA_STATES,
+    what: str = "automaton",
+) -> ByteDFA:
+    """A character automaton (per-state code point interval maps) as a byte DFA.
+
+    Characters are read as UTF-8. With ``json_string`` the result reads a
+    whole JSON string literal instead: the quotes around it, and each
+    character either raw (all but ``"``, ``\\`` and controls) or escaped
+    (``\\n``-style or ``\\uXXXX``, with surrogate pairs above U+FFFF).
+    """
+    n_char = len(maps)
     rows: list[np.ndarray] = [np.full(256, -1, dtype=np.int32) for _ in range(n_char)]
-    interned: dict[tuple[int, tuple[tuple[int, int, int], ...]], int] = {}
+    interned: dict[tuple[object, ...], int] = {}
 
-    def node(k: int, rel: tuple[tuple[int, int, int], ...]) -> int:
-        """State that reads ``k`` continuation bytes into the relative map ``rel``."""
-        key = (k, rel)
+    def new_state(key: tuple[object, ...], row: np.ndarray) -> int:
+        state = len(rows)
+        if state > max_states:
+            raise LimitError(f"{what} needs more than {max_states} byte-level states")
+        rows.append(row)
+        interned[key] = state
+        return state
+
+    def utf8_node(k: int, rel: tuple[tuple[int, int, int], ...]) -> int:
+        """Reads ``k`` continuation bytes into the relative map ``rel``."""
+        key = ("utf8", k, rel)
         found = interned.get(key)
         if found is not None:
             return found
@@ -222,39 +260,233 @@ def _char_fsm_to_bytes(fsm: interegular.FSM, *, shortest: bool, max_states: int,
         span = _CONT ** (k - 1)
         for c in range(_CONT):
             sub = _restrict(rel, c * span, (c + 1) * span - 1)
-            if not sub:
-                continue
-            row[0x80 + c] = sub[0][2] if k == 1 else node(k - 1, _shift(sub, c * span))
-        state = len(rows)
-        if state > max_states:
-            raise LimitError(f"regex {pattern!r} needs more than {max_states} byte-level states")
-        rows.append(row)
-        interned[key] = state
-        return state
+            if sub:
+                row[0x80 + c] = sub[0][2] if k == 1 else utf8_node(k - 1, _shift(sub, c * span))
+        return new_state(key, row)
 
-    for s in char_states:
-        imap = interval_map(s)
-        row = rows[index[s]]
-        starts = [lo for lo, _, _ in imap]
-        for lo, hi, target in imap:
+    def hex_node(k: int, rel: tuple[tuple[int, int, int], ...]) -> int:
+        """Reads ``k`` hex digits into the relative map ``rel``."""
+        key = ("hex", k, rel)
+        found = interned.get(key)
+        if found is not None:
+            return found
+        row = np.full(256, -1, dtype=np.int32)
+        span = 16 ** (k - 1)
+        for digit, chars in _HEX_DIGITS:
+            sub = _restrict(rel, digit * span, (digit + 1) * span - 1)
+            if sub:
+                row[chars] = sub[0][2] if k == 1 else hex_node(k - 1, _shift(sub, digit * span))
+        return new_state(key, row)
+
+    def low_surrogate_node(rel: tuple[tuple[int, int, int], ...]) -> int:
+        """Reads ``\\uDC00``..``\\uDFFF`` into ``rel`` (keyed by the low surrogate's value)."""
+        key = ("low", rel)
+        found = interned.get(key)
+        if found is not None:
+            return found
+        u_row = np.full(256, -1, dtype=np.int32)
+        u_row[ord("u")] = hex_node(4, rel)
+        u_state = new_state(("low-u", rel), u_row)
+        row = np.full(256, -1, dtype=np.int32)
+        row[0x5C] = u_state
+        return new_state(key, row)
+
+    def escape_node(imap: tuple[tuple[int, int, int], ...]) -> int:
+        """After a backslash: a short escape or ``uXXXX`` (a surrogate pair for astral characters)."""
+        key = ("esc", imap)
+        found = interned.get(key)
+        if found is not None:
+            return found
+        row = np.full(256, -1, dtype=np.int32)
+        starts = [a for a, _, _ in imap]
+        for letter, value in _JSON_SHORT_ESCAPES.items():
+            sub = _restrict(imap, value, value, starts)
+            if sub:
+                row[letter] = sub[0][2]
+        units = list(_restrict(imap, 0, 0xFFFF, starts))  # BMP (surrogates are never in maps)
+        units.extend(_high_surrogates(imap, low_surrogate_node))
+        units.sort()
+        if units:
+            row[ord("u")] = hex_node(4, tuple(units))
+        return new_state(key, row)
+
+    for state, imap in enumerate(maps):
+        row = rows[state]
+        raw = _remove_json_unescaped(imap) if json_string else imap
+        for lo, hi, target in raw:
             if lo > 0x7F:
                 break
             row[lo : min(hi, 0x7F) + 1] = target
+        raw_starts = [lo for lo, _, _ in raw]
         for lead, k, base, span, floor in _LEADS:
-            if not imap:
+            if not raw:
                 break
             lo, hi = max(base, floor), min(base + span - 1, _MAX_UNICODE)
-            sub = _restrict(imap, lo, hi, starts)
+            sub = _restrict(raw, lo, hi, raw_starts)
             if sub:
-                row[lead] = node(k, _shift(sub, base))
+                row[lead] = utf8_node(k, _shift(sub, base))
+        if json_string and imap:
+            row[0x5C] = escape_node(tuple(imap))
 
-    transitions = np.stack(rows)
     accepting = np.zeros(len(rows), dtype=bool)
-    for s in fsm.finals:
-        accepting[index[s]] = True
+    start = initial
+    if json_string:  # wrap in quotes: a new start state and a new final state
+        final = len(rows)
+        rows.append(np.full(256, -1, dtype=np.int32))
+        for s in finals:
+            rows[s][0x22] = final
+        opening = np.full(256, -1, dtype=np.int32)
+        opening[0x22] = initial
+        start = len(rows)
+        rows.append(opening)
+        accepting = np.zeros(len(rows), dtype=bool)
+        accepting[final] = True
+    else:
+        accepting[sorted(finals)] = True
+    transitions = np.stack(rows)
     if shortest:
         transitions[accepting] = -1
-    return _trim(transitions, accepting, start=index[fsm.initial])
+    return _trim(transitions, accepting, start=start)
+
+
+def _remove_json_unescaped(imap: IntervalMap) -> IntervalMap:
+    """Drop the code points a JSON string must escape: controls, ``"`` and ``\\``."""
+    out: IntervalMap = []
+    for lo, hi, t in imap:
+        for a, b in ((0x20, 0x21), (0x23, 0x5B), (0x5D, _MAX_UNICODE)):
+            if lo <= b and hi >= a:
+                out.append((max(lo, a), min(hi, b), t))
+    return out
+
+
+def _high_surrogates(imap: IntervalMap | tuple[tuple[int, int, int], ...], low_node: object) -> list[tuple[int, int, int]]:
+    """Escaped UTF-16 high surrogates for the astral part of ``imap``: each maps
+    to a state that reads the matching low surrogate."""
+    out: list[tuple[int, int, int]] = []
+    partial: set[int] = set()
+    for lo, hi, t in imap:
+        if hi < 0x10000:
+            continue
+        lo = max(lo, 0x10000)
+        h_lo, h_hi = (lo - 0x10000) >> 10, (hi - 0x10000) >> 10
+        first_full = h_lo if (lo - 0x10000) % 1024 == 0 else h_lo + 1
+        last_full = h_hi if (hi - 0x10000) % 1024 == 1023 else h_hi - 1
+        if first_full <= last_full:
+            out.append((0xD800 + first_full, 0xD800 + last_full, low_node(((0xDC00, 0xDFFF, t),))))  # type: ignore[operator]
+        partial.update(h for h in (h_lo, h_hi) if not first_full <= h <= last_full)
+    for h in sorted(partial):
+        base = 0x10000 + (h << 10)
+        sub = _shift(_restrict(imap, base, base + 1023), base - 0xDC00)
+        if sub:
+            out.append((0xD800 + h, 0xD800 + h, low_node(sub)))  # type: ignore[operator]
+    out.sort()
+    merged: list[tuple[int, int, int]] = []
+    for lo, hi, t in out:
+        if merged and merged[-1][1] == lo - 1 and merged[-1][2] == t:
+            merged[-1] = (merged[-1][0], hi, t)
+        else:
+            merged.append((lo, hi, t))
+    return merged
+
+
+def json_string_dfa(
+    patterns: Sequence[str] = (),
+    *,
+    min_length: int = 0,
+    max_length: int | None = None,
+    seconds: float = DEFAULT_REGEX_SECONDS,
+    max_states: int = DEFAULT_MAX_DFA_STATES,
+) -> ByteDFA:
+    """A JSON string literal whose decoded value fully matches every regex in
+    ``patterns`` and has ``min_length`` to ``max_length`` characters."""
+    parts: list[ByteDFA] = []
+    for pattern in patterns:
+        _check_syntax(pattern)
+        source = _expand_unicode_escapes(pattern)
+        try:
+            with _time_limit(seconds, f"regex {pattern!r} took longer than {seconds:g} s to compile"):
+                fsm = interegular.parse_pattern(source).to_fsm()
+        except interegular.patterns.Unsupported as exc:
+            raise GrammarError(f"unsupported regex feature in {pattern!r}: {exc}") from None
+        except (interegular.patterns.InvalidSyntax, ValueError, KeyError, IndexError) as exc:
+            raise GrammarError(f"cannot compile regex {pattern!r}: {exc}") from None
+        maps, initial, finals = _fsm_interval_maps(fsm)
+        parts.append(chars_to_bytes(maps, initial, finals, json_string=True, max_states=max_states, what=f"regex {pattern!r}"))
+    if min_length > 0 or max_length is not None or not parts:
+        if max_length is not None and max_length > max_states // 4:
+            raise LimitError(f"maxLength {max_length} is over the limit of {max_states // 4}")
+        top = max_length if max_length is not None else min_length
+        maps = []
+        for i in range(top + 1):
+            if i < top:
+                maps.append([(0, 0xD7FF, i + 1), (0xE000, _MAX_UNICODE, i + 1)])
+            elif max_length is None:
+                maps.append([(0, 0xD7FF, i), (0xE000, _MAX_UNICODE, i)])
+            else:
+                maps.append([])
+        finals = set(range(min_length, top + 1))
+        parts.append(chars_to_bytes(maps, 0, finals, json_string=True, max_states=max_states, what="string length"))
+    result = parts[0]
+    for other in parts[1:]:
+        result = intersect(result, other, max_states=max_states)
+    return result
+
+
+def intersect(a: ByteDFA, b: ByteDFA, *, max_states: int = DEFAULT_MAX_DFA_STATES) -> ByteDFA:
+    """The DFA of strings both ``a`` and ``b`` accept."""
+    return _product(a, b, lambda x, y: x and y, total_b=False, max_states=max_states)
+
+
+def difference(a: ByteDFA, b: ByteDFA, *, max_states: int = DEFAULT_MAX_DFA_STATES) -> ByteDFA:
+    """The DFA of strings ``a`` accepts and ``b`` does not."""
+    return _product(a, b, lambda x, y: x and not y, total_b=True, max_states=max_states)
+
+
+def union(a: ByteDFA, b: ByteDFA, *, max_states: int = DEFAULT_MAX_DFA_STATES) -> ByteDFA:
+    """The DFA of strings ``a`` or ``b`` accepts."""
+    return _product(a, b, lambda x, y: x or y, total_b=True, total_a=True, max_states=max_states)
+
+
+def _product(
+    a: ByteDFA,
+    b: ByteDFA,
+    accept: object,
+    *,
+    total_b: bool,
+    total_a: bool = False,
+    max_states: int,
+) -> ByteDFA:
+    """Product automaton; a missing side (-1) stays missing when that side is
+    total (a dead state that never accepts), else the pair dies."""
+    ids: dict[tuple[int, int], int] = {(a.start, b.start): 0}
+    order = [(a.start, b.start)]
+    rows: list[np.ndarray] = []
+    i = 0
+    while i < len(order):
+        sa, sb = order[i]
+        ra = a.transitions[sa] if sa >= 0 else np.full(256, -1, dtype=np.int32)
+        rb = b.transitions[sb] if sb >= 0 else np.full(256, -1, dtype=np.int32)
+        live = (ra >= 0) | (rb >= 0) if (total_a and total_b) else ((ra >= 0) if total_b else (ra >= 0) & (rb >= 0))
+        row = np.full(256, -1, dtype=np.int32)
+        for byte in np.flatnonzero(live).tolist():
+            pair = (int(ra[byte]), int(rb[byte]))
+            found = ids.get(pair)
+            if found is None:
+                found = ids[pair] = len(order)
+                order.append(pair)
+                if len(order) > max_states:
+                    raise LimitError(f"automaton product needs more than {max_states} states")
+            row[byte] = found
+        rows.append(row)
+        i += 1
+    accepting = np.array(
+        [
+            bool(accept(sa >= 0 and bool(a.accepting[sa]), sb >= 0 and bool(b.accepting[sb])))  # type: ignore[operator]
+            for sa, sb in order
+        ],
+        dtype=bool,
+    )
+    return _trim(np.stack(rows), accepting, start=0)
 
 
 def _remove_surrogates(runs: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:

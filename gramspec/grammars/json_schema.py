@@ -1,0 +1,1223 @@
+"""JSON Schema to grammar.
+
+``compile_json_schema(schema, vocab)`` builds a context-free grammar whose
+strings are exactly the JSON documents (in the chosen whitespace style, with
+object properties in the schema's order) that validate against ``schema``,
+then compiles it for ``vocab``. Every keyword is either enforced exactly,
+enforced with a documented, deliberate restriction (docs/json_schema.md), or
+refused: in strict mode (the default) an :class:`UnsupportedSchemaError`
+names the keyword and its JSON pointer; with ``strict=False`` the keyword is
+dropped and one warning lists everything dropped. Nothing is dropped silently.
+
+Restrictions that only ever forbid valid documents (never allow invalid ones):
+numbers are written without exponents when bounded, integers without a
+fraction or exponent, ``-0`` is never written, enum/const values are written
+in compact canonical form, formats use a strict subset of their grammar.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import jsonschema
+import jsonschema.exceptions
+
+from gramspec.errors import GrammarError, LimitError, SchemaError, UnsupportedSchemaError
+from gramspec.grammars.builder import GrammarBuilder, Symbol
+from gramspec.grammars.compiled import CompiledGrammar
+from gramspec.grammars.regex_dfa import ByteDFA, difference, json_string_dfa, regex_to_dfa
+from gramspec.vocab import Vocabulary
+
+Whitespace = Literal["compact", "flexible"]
+
+_ANNOTATIONS = frozenset(
+    {
+        "$schema", "$id", "id", "$comment", "$anchor", "$dynamicAnchor", "$vocabulary", "title", "description",
+        "default", "examples", "example", "deprecated", "readOnly", "writeOnly", "definitions", "$defs",
+        "contentMediaType", "contentEncoding", "contentSchema", "nullable", "discriminator", "xml",
+        "externalDocs", "markdownDescription", "enumDescriptions", "errorMessage", "additionalItems_",
+    }
+)  # fmt: skip
+_TYPES = ("null", "boolean", "object", "array", "string", "number", "integer")
+_STRING_KEYS = frozenset({"minLength", "maxLength", "pattern", "format"})
+_NUMBER_KEYS = frozenset({"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"})
+_OBJECT_KEYS = frozenset(
+    {"properties", "required", "additionalProperties", "patternProperties", "propertyNames",
+     "minProperties", "maxProperties", "dependentRequired", "dependentSchemas", "dependencies",
+     "unevaluatedProperties"}
+)  # fmt: skip
+_ARRAY_KEYS = frozenset(
+    {"items", "prefixItems", "additionalItems", "minItems", "maxItems", "uniqueItems", "contains",
+     "minContains", "maxContains", "unevaluatedItems"}
+)  # fmt: skip
+_COMBINATORS = frozenset({"anyOf", "oneOf", "allOf", "not", "if", "then", "else", "$ref", "enum", "const", "type"})
+
+# Decoded-value regexes for formats: each a strict subset of what the format allows.
+_DATE = r"\d{4}-(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1\d|2[0-8])|(?:0[13-9]|1[0-2])-(?:29|30)|(?:0[13578]|1[02])-31)"
+_TIME = r"(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d{1,9})?(?:Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)"
+_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+_H16 = r"[0-9a-fA-F]{1,4}"
+_IPV6 = "|".join(
+    [
+        rf"(?:{_H16}:){{7}}{_H16}",
+        *(rf"(?:{_H16}:){{0,{i}}}{_H16}?::(?:{_H16}:){{0,{5 - i}}}{_H16}" for i in range(6)),
+        rf"(?:{_H16}:){{0,6}}{_H16}?::",
+        rf"::",
+    ]
+)
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+FORMATS: dict[str, str] = {
+    "date": _DATE,
+    "time": _TIME,
+    "date-time": rf"{_DATE}T{_TIME}",
+    "duration": r"P(?:(?:\d+Y(?:\d+M)?(?:\d+D)?|\d+M(?:\d+D)?|\d+D)(?:T(?:\d+H(?:\d+M)?(?:\d+S)?|\d+M(?:\d+S)?|\d+S))?"
+    r"|T(?:\d+H(?:\d+M)?(?:\d+S)?|\d+M(?:\d+S)?|\d+S)|\d+W)",
+    "email": r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){1,8}",
+    "idn-email": r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){1,8}",
+    "hostname": rf"{_LABEL}(?:\.{_LABEL}){{0,8}}",
+    "idn-hostname": rf"{_LABEL}(?:\.{_LABEL}){{0,8}}",
+    "ipv4": rf"{_OCTET}(?:\.{_OCTET}){{3}}",
+    "ipv6": _IPV6,
+    "uuid": r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
+    "uri": r"[a-zA-Z][a-zA-Z0-9+.-]*:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+",
+    "iri": r"[a-zA-Z][a-zA-Z0-9+.-]*:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+",
+    "uri-reference": r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]*",
+    "iri-reference": r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]*",
+    "uri-template": r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%{}]*",
+    "json-pointer": r"(?:/(?:[^~/]|~[01])*)*",
+    "relative-json-pointer": r"(?:0|[1-9]\d*)(?:#|(?:/(?:[^~/]|~[01])*)*)",
+}
+
+#: Default bound on free whitespace runs in "flexible" mode.
+DEFAULT_MAX_WHITESPACE = 4
+#: Default bound on how far arrays/objects with counted bounds are unrolled.
+DEFAULT_MAX_UNROLL = 1024
+
+
+@dataclass
+class _Dropped:
+    items: list[tuple[str, str]] = field(default_factory=list)  # (pointer, keyword)
+
+
+def compile_json_schema(
+    schema: dict[str, Any] | bool | str | type,
+    vocab: Vocabulary,
+    *,
+    whitespace: Whitespace = "compact",
+    strict: bool = True,
+    max_whitespace: int = DEFAULT_MAX_WHITESPACE,
+) -> CompiledGrammar:
+    """Compile a JSON Schema (dict, bool, JSON text or pydantic model class) for ``vocab``."""
+    spec = json_schema_spec(schema, whitespace=whitespace, strict=strict, max_whitespace=max_whitespace)
+    return CompiledGrammar(spec, vocab)
+
+
+def json_schema_spec(
+    schema: dict[str, Any] | bool | str | type,
+    *,
+    whitespace: Whitespace = "compact",
+    strict: bool = True,
+    max_whitespace: int = DEFAULT_MAX_WHITESPACE,
+) -> Any:
+    """The vocabulary-independent grammar of ``schema`` (see :func:`compile_json_schema`)."""
+    if whitespace not in ("compact", "flexible"):
+        raise ValueError(f"whitespace must be 'compact' or 'flexible', not {whitespace!r}")
+    if not isinstance(max_whitespace, int) or not 0 <= max_whitespace <= 64:
+        raise ValueError(f"max_whitespace must be an int from 0 to 64, not {max_whitespace!r}")
+    root = _load(schema)
+    compiler = _Compiler(root, whitespace=whitespace, strict=strict, max_whitespace=max_whitespace)
+    try:
+        spec = compiler.build()
+    except RecursionError:
+        raise LimitError("schema is nested too deeply") from None
+    if compiler.dropped.items:
+        listed = ", ".join(f"{kw} at {ptr or '#'}" for ptr, kw in compiler.dropped.items)
+        warnings.warn(f"strict=False dropped unsupported keywords: {listed}", UserWarning, stacklevel=3)
+    return spec
+
+
+def _load(schema: object) -> Any:
+    if isinstance(schema, type) and hasattr(schema, "model_json_schema"):
+        return schema.model_json_schema()
+    if isinstance(schema, (str, bytes)):
+        try:
+            schema = json.loads(schema)
+        except json.JSONDecodeError as exc:
+            raise SchemaError(f"schema is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+    if not isinstance(schema, (dict, bool)):
+        raise SchemaError(f"a schema must be an object or a boolean, not {type(schema).__name__}")
+    return schema
+
+
+def _pointer_escape(part: str) -> str:
+    return part.replace("~", "~0").replace("/", "~1")
+
+
+class _Compiler:
+    def __init__(self, root: Any, *, whitespace: Whitespace, strict: bool, max_whitespace: int) -> None:
+        self.root = root
+        self.strict = strict
+        self.flexible = whitespace == "flexible"
+        self.max_ws = max_whitespace
+        self.g = GrammarBuilder()
+        self.dropped = _Dropped()
+        self.memo: dict[int, Symbol] = {}
+        self.keep_alive: list[Any] = []  # merged schemas, so ids in memo stay unique
+        draft = str(root.get("$schema", "")) if isinstance(root, dict) else ""
+        self.ref_siblings_ignored = any(d in draft for d in ("draft-04", "draft-06", "draft-07", "draft-03"))
+        self._any: Symbol | None = None
+
+    # -- entry -----------------------------------------------------------------
+
+    def build(self) -> Any:
+        value = self.value(self.root, "")
+        root = self.g.nonterminal("document")
+        if self.flexible:
+            ws = self.ws_terminal()
+            self.g.rule(root, value)
+            self.g.rule(root, ws, value)
+            self.g.rule(root, value, ws)
+            self.g.rule(root, ws, value, ws)
+        else:
+            self.g.rule(root, value)
+        spec = self.g.spec(root, "JSON schema")
+        if spec is None:
+            raise SchemaError("schema accepts no JSON value (it is unsatisfiable)", pointer="")
+        return spec
+
+    # -- errors and drops --------------------------------------------------------
+
+    def unsupported(self, keyword: str, pointer: str, why: str = "") -> None:
+        where = f"{pointer}/{_pointer_escape(keyword)}"
+        if self.strict:
+            detail = f": {why}" if why else ""
+            raise UnsupportedSchemaError(f"keyword {keyword!r} cannot be enforced exactly{detail}", pointer=where)
+        self.dropped.items.append((pointer, keyword))
+
+    # -- punctuation and whitespace ------------------------------------------------
+
+    def ws_terminal(self) -> Symbol:
+        return self.g.regex(rf"[ \t\n\r]{{1,{self.max_ws}}}", "WS")
+
+    def punct(self, char: str) -> Symbol:
+        if not self.flexible:
+            return self.g.literal(char)
+        ws = rf"[ \t\n\r]{{0,{self.max_ws}}}"
+        return self.g.regex(ws + re.escape(char) + ws, repr(char))
+
+    # -- references ------------------------------------------------------------------
+
+    def resolve(self, ref: str, pointer: str) -> tuple[Any, str]:
+        if not ref.startswith("#"):
+            raise UnsupportedSchemaError(f"remote reference {ref!r} is not supported", pointer=pointer + "/$ref")
+        node: Any = self.root
+        path = ref[1:]
+        if path and not path.startswith("/"):
+            found = _find_anchor(self.root, path)
+            if found is None:
+                raise SchemaError(f"reference {ref!r} names no anchor in the schema", pointer=pointer + "/$ref")
+            return found, ref
+        for raw in path.split("/")[1:] if path else []:
+            part = raw.replace("~1", "/").replace("~0", "~")
+            part = re.sub(r"%([0-9A-Fa-f]{2})", lambda m: chr(int(m.group(1), 16)), part)
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                raise SchemaError(f"reference {ref!r} points nowhere", pointer=pointer + "/$ref")
+        return node, ref
+
+    # -- values -------------------------------------------------------------------------
+
+    def value(self, schema: Any, pointer: str) -> Symbol:
+        if schema is True or schema == {}:
+            return self.any_value()
+        key = id(schema)
+        found = self.memo.get(key)
+        if found is not None:
+            return found
+        symbol = self.g.nonterminal(pointer or "#")
+        self.memo[key] = symbol
+        if schema is False:
+            return symbol  # no rules: nothing matches
+        if not isinstance(schema, dict):
+            raise SchemaError(f"a schema must be an object or a boolean, not {type(schema).__name__}", pointer=pointer)
+        for alternative in self.alternatives(schema, pointer):
+            self.g.rule(symbol, alternative)
+        return symbol
+
+    def alternatives(self, schema: dict[str, Any], pointer: str) -> Iterator[Symbol]:
+        """Symbols whose union is the language of ``schema``."""
+        if "$ref" in schema:
+            target, _ = self.resolve(schema["$ref"], pointer)
+            rest = {k: v for k, v in schema.items() if k != "$ref"}
+            if self.ref_siblings_ignored or not _constraining(rest):
+                yield self.value(target, pointer + "/$ref")
+                return
+            merged = self.merge([rest, target], pointer)
+            yield self.value(merged, pointer)
+            return
+        if "allOf" in schema:
+            parts = schema["allOf"]
+            if not isinstance(parts, list):
+                raise SchemaError("allOf must be an array", pointer=pointer + "/allOf")
+            rest = {k: v for k, v in schema.items() if k != "allOf"}
+            yield self.value(self.merge([rest, *parts], pointer), pointer)
+            return
+        for keyword in ("anyOf", "oneOf"):
+            if keyword in schema:
+                branches = schema[keyword]
+                if not isinstance(branches, list) or not branches:
+                    raise SchemaError(f"{keyword} must be a non-empty array", pointer=f"{pointer}/{keyword}")
+                rest = {k: v for k, v in schema.items() if k != keyword}
+                if keyword == "oneOf" and not _pairwise_disjoint(branches, self):
+                    self.unsupported("oneOf", pointer, "branches may overlap (exactly-one cannot be enforced)")
+                for i, branch in enumerate(branches):
+                    branch_pointer = f"{pointer}/{keyword}/{i}"
+                    if _constraining(rest):
+                        yield self.value(self.merge([rest, branch], branch_pointer), branch_pointer)
+                    else:
+                        yield self.value(branch, branch_pointer)
+                return
+        if "not" in schema:
+            schema = self.apply_not(schema, pointer)
+        for keyword in ("if", "then", "else"):
+            if keyword in schema:
+                if keyword == "if" and ("then" in schema or "else" in schema):
+                    yield from self.if_then_else(schema, pointer)
+                    return
+        for keyword in ("dependentSchemas", "dependencies", "unevaluatedProperties", "unevaluatedItems"):
+            if keyword in schema and schema[keyword] not in (True, {}):
+                if keyword == "dependencies" and all(isinstance(v, list) for v in schema[keyword].values()):
+                    continue
+                self.unsupported(keyword, pointer)
+        if "enum" in schema or "const" in schema:
+            yield from self.enumerated(schema, pointer)
+            return
+        yield from self.typed(schema, pointer)
+
+    def if_then_else(self, schema: dict[str, Any], pointer: str) -> Iterator[Symbol]:
+        condition = schema["if"]
+        rest = {k: v for k, v in schema.items() if k not in ("if", "then", "else")}
+        negated = _negate(condition)
+        if negated is None:
+            self.unsupported("if", pointer, "its negation is not expressible")
+            yield self.value(rest, pointer)
+            return
+        then = schema.get("then", True)
+        otherwise = schema.get("else", True)
+        yield self.value(self.merge([rest, condition, then], pointer + "/then"), pointer + "/then")
+        yield self.value(self.merge([rest, negated, otherwise], pointer + "/else"), pointer + "/else")
+
+    def apply_not(self, schema: dict[str, Any], pointer: str) -> dict[str, Any]:
+        negated = _negate(schema["not"])
+        rest = {k: v for k, v in schema.items() if k != "not"}
+        if negated is None:
+            self.unsupported("not", pointer, "only negations of type, enum/const and required are expressible")
+            return rest
+        merged = self.merge([rest, negated], pointer)
+        return merged if isinstance(merged, dict) else {"not": {}}
+
+    # -- merging (allOf) ---------------------------------------------------------------
+
+    def merge(self, schemas: list[Any], pointer: str) -> Any:
+        """One schema equivalent to all of ``schemas`` together."""
+        out: dict[str, Any] = {}
+        for schema in schemas:
+            for _ in range(32):  # follow $ref chains
+                if isinstance(schema, dict) and "$ref" in schema and not self.ref_siblings_ignored:
+                    target, _ = self.resolve(schema["$ref"], pointer)
+                    rest = {k: v for k, v in schema.items() if k != "$ref"}
+                    if _constraining(rest):
+                        schema = self.merge([rest, target], pointer)
+                    else:
+                        schema = target
+                elif isinstance(schema, dict) and "$ref" in schema:
+                    schema, _ = self.resolve(schema["$ref"], pointer)
+                else:
+                    break
+            if schema is True or schema == {}:
+                continue
+            if schema is False:
+                return False
+            if not isinstance(schema, dict):
+                raise SchemaError("allOf entries must be schemas", pointer=pointer)
+            if "allOf" in schema:
+                schema = self.merge([{k: v for k, v in schema.items() if k != "allOf"}, *schema["allOf"]], pointer)
+                if schema is False:
+                    return False
+            out = _merge_two(out, schema, self, pointer)
+            if out is False:
+                return False
+        self.keep_alive.append(out)
+        return out
+
+    # -- enum / const ---------------------------------------------------------------------
+
+    def enumerated(self, schema: dict[str, Any], pointer: str) -> Iterator[Symbol]:
+        values = [schema["const"]] if "const" in schema else schema["enum"]
+        if not isinstance(values, list):
+            raise SchemaError("enum must be an array", pointer=pointer + "/enum")
+        rest = {k: v for k, v in schema.items() if k not in ("enum", "const")}
+        check = None
+        if _constraining(rest):
+            check = jsonschema.validators.validator_for(self.root, default=jsonschema.Draft202012Validator)(
+                rest, format_checker=jsonschema.FormatChecker()
+            )
+        seen: set[str] = set()
+        for value in values:
+            if check is not None:
+                try:
+                    if not check.is_valid(value):
+                        continue
+                except (jsonschema.exceptions.RefResolutionError, jsonschema.exceptions.SchemaError, KeyError):  # type: ignore[attr-defined]
+                    self.unsupported("enum", pointer, "cannot check enum values against sibling keywords")
+            text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=False)
+            if text in seen:
+                continue
+            seen.add(text)
+            yield self.constant(value)
+
+    def constant(self, value: Any) -> Symbol:
+        if isinstance(value, str):
+            return self.string_terminal((re.escape(value),), 0, None)
+        if isinstance(value, dict):
+            symbol = self.g.nonterminal("const-object")
+            parts: list[Symbol] = [self.punct("{")]
+            for i, (k, v) in enumerate(value.items()):
+                if i:
+                    parts.append(self.punct(","))
+                parts.extend([self.string_terminal((re.escape(k),), 0, None), self.punct(":"), self.constant(v)])
+            parts.append(self.punct("}"))
+            self.g.rule(symbol, *parts)
+            return symbol
+        if isinstance(value, list):
+            symbol = self.g.nonterminal("const-array")
+            parts = [self.punct("[")]
+            for i, v in enumerate(value):
+                if i:
+                    parts.append(self.punct(","))
+                parts.append(self.constant(v))
+            parts.append(self.punct("]"))
+            self.g.rule(symbol, *parts)
+            return symbol
+        return self.g.literal(json.dumps(value))
+
+    # -- types -------------------------------------------------------------------------------
+
+    def typed(self, schema: dict[str, Any], pointer: str) -> Iterator[Symbol]:
+        types = schema.get("type")
+        if types is None:
+            allowed = set(_TYPES)
+        else:
+            listed = [types] if isinstance(types, str) else types
+            if not isinstance(listed, list) or any(t not in _TYPES for t in listed):
+                raise SchemaError(f"type must be one of {', '.join(_TYPES)} or a list of them", pointer=pointer + "/type")
+            allowed = set(listed)
+        if "number" in allowed:
+            allowed.discard("integer")
+        for t in _TYPES:
+            if t not in allowed:
+                continue
+            if t == "null":
+                yield self.g.literal("null")
+            elif t == "boolean":
+                yield self.g.literal("true")
+                yield self.g.literal("false")
+            elif t == "string":
+                symbol = self.string(schema, pointer)
+                if symbol is not None:
+                    yield symbol
+            elif t in ("number", "integer"):
+                symbol = self.number(schema, pointer, integer=t == "integer")
+                if symbol is not None:
+                    yield symbol
+            elif t == "object":
+                yield self.object(schema, pointer)
+            elif t == "array":
+                yield self.array(schema, pointer)
+
+    # -- strings -------------------------------------------------------------------------------
+
+    def string(self, schema: dict[str, Any], pointer: str) -> Symbol | None:
+        patterns: list[str] = []
+        raw_patterns = schema.get("pattern")
+        for i, raw in enumerate(raw_patterns if isinstance(raw_patterns, list) else [raw_patterns] if raw_patterns is not None else []):
+            if not isinstance(raw, str):
+                raise SchemaError("pattern must be a string", pointer=pointer + "/pattern")
+            full = self.search_to_fullmatch(raw, pointer)
+            if full is not None:
+                patterns.append(full)
+        fmt = schema.get("format")
+        if fmt is not None:
+            regex = FORMATS.get(fmt)
+            if regex is not None:
+                patterns.append(regex)
+            elif fmt == "regex":
+                self.unsupported("format", pointer, "format 'regex' is not a regular language")
+        min_length = _non_negative_int(schema.get("minLength", 0), pointer + "/minLength")
+        max_length = schema.get("maxLength")
+        if max_length is not None:
+            max_length = _non_negative_int(max_length, pointer + "/maxLength")
+            if max_length < min_length:
+                return None
+        return self.string_terminal(tuple(patterns), min_length, max_length, pointer)
+
+    def string_terminal(
+        self, patterns: tuple[str, ...], min_length: int, max_length: int | None, pointer: str = ""
+    ) -> Symbol:
+        key = ("str", patterns, min_length, max_length)
+        name = "STRING" if not patterns else f"STRING~{patterns[0][:40]}"
+
+        def make() -> ByteDFA:
+            try:
+                return json_string_dfa(patterns, min_length=min_length, max_length=max_length)
+            except GrammarError as exc:
+                raise UnsupportedSchemaError(f"pattern cannot be compiled: {exc}", pointer=pointer + "/pattern") from None
+
+        return self.g.terminal(key, name, make)
+
+    def search_to_fullmatch(self, pattern: str, pointer: str) -> str | None:
+        """A regex that fully matches what ``re.search(pattern, s)`` finds anywhere in ``s``."""
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise SchemaError(f"invalid pattern {pattern!r}: {exc}", pointer=pointer + "/pattern") from None
+        core, start, end = pattern, False, ""
+        if core.startswith("^"):
+            core, start = core[1:], True
+        elif core.startswith(r"\A"):
+            core, start = core[2:], True
+        if core.endswith(r"\Z") and not _escaped_at(core, len(core) - 2):
+            core, end = core[:-2], "Z"
+        elif core.endswith("$") and not _escaped_at(core, len(core) - 1):
+            core, end = core[:-1], "$"
+        if _has_anchor(core) or ((start or end) and _top_level_branch(core)):
+            self.unsupported("pattern", pointer, "anchors inside the pattern")
+            return None
+        prefix = "" if start else "(?s:.*)"
+        suffix = "\n?" if end == "$" else "" if end == "Z" else "(?s:.*)"
+        return f"{prefix}(?:{core}){suffix}"
+
+    # -- numbers -------------------------------------------------------------------------------
+
+    def number(self, schema: dict[str, Any], pointer: str, *, integer: bool) -> Symbol | None:
+        low, low_strict, high, high_strict = _bounds(schema, pointer)
+        multiple = schema.get("multipleOf")
+        if multiple is not None:
+            if not isinstance(multiple, (int, float)) or isinstance(multiple, bool) or multiple <= 0:
+                raise SchemaError("multipleOf must be a positive number", pointer=pointer + "/multipleOf")
+            if float(multiple).is_integer():
+                integer = True
+                if multiple != 1:
+                    return self.multiple_of(int(multiple), low, low_strict, high, high_strict, pointer)
+            else:
+                self.unsupported("multipleOf", pointer, "only integer multiples are expressible")
+        if integer:
+            lo, hi = _integer_bounds(low, low_strict, high, high_strict)
+            if lo is not None and hi is not None and lo > hi:
+                return None
+            regex = integer_range_regex(lo, hi)
+            return self.g.regex(regex, f"INT[{lo},{hi}]")
+        if low is None and high is None:
+            return self.g.regex(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?", "NUMBER")
+        regex = decimal_range_regex(low, low_strict, high, high_strict)
+        if regex is None:
+            self.unsupported("minimum", pointer, "only integer bounds are expressible for non-integers")
+            return self.g.regex(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?", "NUMBER")
+        if regex == "":
+            return None
+        return self.g.regex(regex, f"NUMBER[{low},{high}]")
+
+    def multiple_of(
+        self, k: int, low: float | None, low_strict: bool, high: float | None, high_strict: bool, pointer: str
+    ) -> Symbol | None:
+        lo, hi = _integer_bounds(low, low_strict, high, high_strict)
+        if lo is not None and hi is not None and lo > hi:
+            return None
+        if k > 10_000:
+            self.unsupported("multipleOf", pointer, f"multipleOf {k} is over the limit of 10000")
+        key = ("multiple", k, lo, hi)
+        return self.g.terminal(key, f"INT%{k}", lambda: _intersect_multiple(integer_range_regex(lo, hi), k))
+
+    # -- objects ---------------------------------------------------------------------------
+
+    def object(self, schema: dict[str, Any], pointer: str) -> Symbol:
+        g = self.g
+        properties = schema.get("properties", {})
+        if not isinstance(properties, dict):
+            raise SchemaError("properties must be an object", pointer=pointer + "/properties")
+        required = schema.get("required", [])
+        if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+            raise SchemaError("required must be an array of strings", pointer=pointer + "/required")
+        dependencies = schema.get("dependentRequired") or {
+            k: v for k, v in (schema.get("dependencies") or {}).items() if isinstance(v, list)
+        }
+        if dependencies:
+            self.unsupported("dependentRequired", pointer)
+        patterns = schema.get("patternProperties", {}) or {}
+        additional = schema.get("additionalProperties", True)
+        names = list(properties) + [r for r in dict.fromkeys(required) if r not in properties]
+        required_set = set(required)
+        min_props = _non_negative_int(schema.get("minProperties", 0), pointer + "/minProperties")
+        max_props = schema.get("maxProperties")
+        if max_props is not None:
+            max_props = _non_negative_int(max_props, pointer + "/maxProperties")
+        name_filter = schema.get("propertyNames")
+
+        def value_schema(name: str) -> Any:
+            parts = []
+            if name in properties:
+                parts.append(properties[name])
+            for pattern, sub in patterns.items():
+                if re.search(pattern, name):
+                    parts.append(sub)
+            if not parts:
+                parts.append(additional)
+            return parts[0] if len(parts) == 1 else self.merge(parts, f"{pointer}/properties/{_pointer_escape(name)}")
+
+        entries: list[tuple[Symbol, bool]] = []
+        for name in names:
+            if name_filter not in (None, True) and not _name_allowed(name, name_filter, self):
+                if name in required_set:
+                    return g.nonterminal("unsatisfiable")
+                continue
+            sub = value_schema(name)
+            if sub is False:
+                if name in required_set:
+                    return g.nonterminal("unsatisfiable")
+                continue
+            kv = g.nonterminal(f"{pointer}/properties/{name}")
+            value_pointer = f"{pointer}/properties/{_pointer_escape(name)}"
+            g.rule(kv, self.string_terminal((re.escape(name),), 0, None), self.punct(":"), self.value(sub, value_pointer))
+            entries.append((kv, name in required_set))
+
+        extra = self.extra_properties(names, patterns, additional, name_filter, pointer)
+        cap = max_props if max_props is not None else min_props
+        if cap > DEFAULT_MAX_UNROLL:
+            raise LimitError(f"minProperties/maxProperties {cap} is over the limit of {DEFAULT_MAX_UNROLL}", )
+        n = len(entries)
+        memo: dict[tuple[str, int, int], Symbol] = {}
+        left_tail: list[Symbol] = []
+
+        def tail_list() -> Symbol:
+            # L -> ε | L "," EXTRA   (left recursive, so long tails share parser states)
+            if not left_tail:
+                symbol = g.nonterminal(f"{pointer}/additional*")
+                g.rule(symbol)
+                assert extra is not None
+                g.rule(symbol, symbol, self.punct(","), extra)
+                left_tail.append(symbol)
+            return left_tail[0]
+
+        def seq(first: bool, i: int, count: int) -> Symbol:
+            key = ("F" if first else "R", i, count)
+            found = memo.get(key)
+            if found is not None:
+                return found
+            symbol = g.nonterminal(f"{pointer}/{key}")
+            memo[key] = symbol
+            nxt = min(count + 1, cap) if max_props is None else count + 1
+            sep = () if first else (self.punct(","),)
+            if i < n:
+                kv, is_required = entries[i]
+                if max_props is None or count + 1 <= max_props:
+                    g.rule(symbol, *sep, kv, seq(False, i + 1, nxt))
+                if not is_required:
+                    g.rule(symbol, seq(first, i + 1, count))
+                return symbol
+            if count >= min_props:
+                g.rule(symbol)
+            if extra is not None and (max_props is None or count + 1 <= max_props):
+                if max_props is None and count >= min_props:
+                    g.rule(symbol, *sep, extra, tail_list())
+                else:
+                    g.rule(symbol, *sep, extra, seq(False, n, nxt))
+            return symbol
+
+        symbol = g.nonterminal(pointer + "/object")
+        g.rule(symbol, self.punct("{"), seq(True, 0, 0), self.punct("}"))
+        return symbol
+
+    def extra_properties(
+        self, names: list[str], patterns: dict[str, Any], additional: Any, name_filter: Any, pointer: str
+    ) -> Symbol | None:
+        """A symbol for one extra "key":value pair (keys not in ``names``), or None."""
+        g = self.g
+        alternatives: list[tuple[ByteDFA, Any, str]] = []
+        key_filter = _name_filter_dfa(name_filter, self, pointer) if name_filter not in (None, True) else None
+        excluded = [re.escape(n) for n in names]
+        pattern_list = list(patterns.items())
+        for i, (pattern, sub) in enumerate(pattern_list):
+            full = self.search_to_fullmatch(pattern, f"{pointer}/patternProperties")
+            if full is None or sub is False:
+                continue
+            others = [self.search_to_fullmatch(p, pointer) for j, (p, _) in enumerate(pattern_list) if j != i]
+            dfa = json_string_dfa((full,))
+            for other in [*(o for o in others if o), *excluded]:
+                dfa = difference(dfa, json_string_dfa((other,)))
+            alternatives.append((dfa, sub, f"{pointer}/patternProperties/{_pointer_escape(pattern)}"))
+        if additional is not False:
+            dfa = json_string_dfa()
+            for other in [*(self.search_to_fullmatch(p, pointer) for p in patterns), *excluded]:
+                if other:
+                    dfa = difference(dfa, json_string_dfa((other,)))
+            alternatives.append((dfa, additional, f"{pointer}/additionalProperties"))
+        if not alternatives:
+            return None
+        symbol = g.nonterminal(f"{pointer}/extra")
+        for dfa, sub, sub_pointer in alternatives:
+            if key_filter is not None:
+                from gramspec.grammars.regex_dfa import intersect
+
+                dfa = intersect(dfa, key_filter)
+            if not dfa.accepting.any():
+                continue
+            key = g.terminal(("dfa", id(dfa)), "KEY", lambda dfa=dfa: dfa)  # type: ignore[misc]
+            self.keep_alive.append(dfa)
+            g.rule(symbol, key, self.punct(":"), self.value(sub, sub_pointer))
+        return symbol
+
+    # -- arrays ----------------------------------------------------------------------------------
+
+    def array(self, schema: dict[str, Any], pointer: str) -> Symbol:
+        g = self.g
+        prefix = schema.get("prefixItems")
+        items = schema.get("items", True)
+        if isinstance(items, list):  # draft 4-7 tuple form
+            prefix, items = items, schema.get("additionalItems", True)
+        prefix = list(prefix or [])
+        min_items = _non_negative_int(schema.get("minItems", 0), pointer + "/minItems")
+        max_items = schema.get("maxItems")
+        if max_items is not None:
+            max_items = _non_negative_int(max_items, pointer + "/maxItems")
+        if schema.get("uniqueItems") is True and (max_items is None or max_items > 1):
+            self.unsupported("uniqueItems", pointer, "uniqueness is not context-free")
+        contains = schema.get("contains")
+        if contains is not None and (schema.get("minContains", 1) != 1 or "maxContains" in schema):
+            self.unsupported("minContains" if "minContains" in schema else "maxContains", pointer)
+        if contains is False:
+            return g.nonterminal("unsatisfiable")
+        need_contains = contains is not None and contains is not True
+        steady = max(len(prefix), min_items)  # from here on every position looks the same
+        last = steady if max_items is None else max_items
+        if last > DEFAULT_MAX_UNROLL:
+            raise LimitError(f"array bounds need {last} unrolled items (limit {DEFAULT_MAX_UNROLL})")
+        variants = (False, True) if need_contains else (False,)
+
+        def item(j: int, matches_contains: bool) -> Symbol | None:
+            sub = prefix[j] if j < len(prefix) else items
+            sub_pointer = f"{pointer}/prefixItems/{j}" if j < len(prefix) else f"{pointer}/items"
+            if matches_contains:
+                sub = self.merge([sub, contains], sub_pointer)
+            return None if sub is False else self.value(sub, sub_pointer)
+
+        tail: list[Symbol] = []
+
+        def steady_tail() -> Symbol:
+            # L -> ε | L "," ITEM: left recursive, so long arrays revisit the same parser states
+            if not tail:
+                symbol = g.nonterminal(f"{pointer}/items*")
+                tail.append(symbol)
+                g.rule(symbol)
+                element = item(steady, False)
+                if element is not None:
+                    g.rule(symbol, symbol, self.punct(","), element)
+            return tail[0]
+
+        memo: dict[tuple[bool, int, bool], Symbol] = {}
+
+        def seq(first: bool, j: int, found: bool) -> Symbol:
+            key = (first, j, found)
+            if key in memo:
+                return memo[key]
+            symbol = memo[key] = g.nonterminal(f"{pointer}/items{key}")
+            sep = () if first else (self.punct(","),)
+            done = found or not need_contains
+            if j >= min_items and done:
+                g.rule(symbol)
+            if max_items is not None and j >= max_items:
+                return symbol
+            for matches in variants:
+                element = item(j, matches)
+                if element is None:
+                    continue
+                if max_items is None and j >= steady and done:
+                    g.rule(symbol, *sep, element, steady_tail())
+                else:
+                    g.rule(symbol, *sep, element, seq(False, min(j + 1, last), found or matches))
+            return symbol
+
+        symbol = g.nonterminal(pointer + "/array")
+        g.rule(symbol, self.punct("["), seq(True, 0, False), self.punct("]"))
+        return symbol
+
+    # -- any value -----------------------------------------------------------------------------
+
+    def any_value(self) -> Symbol:
+        if self._any is not None:
+            return self._any
+        g = self.g
+        value = self._any = g.nonterminal("any")
+        for literal in ("null", "true", "false"):
+            g.rule(value, g.literal(literal))
+        g.rule(value, self.string_terminal((), 0, None))
+        g.rule(value, g.regex(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?", "NUMBER"))
+        members = g.nonterminal("any-members")  # left recursive lists
+        pair = g.nonterminal("any-pair")
+        g.rule(pair, self.string_terminal((), 0, None), self.punct(":"), value)
+        g.rule(members, pair)
+        g.rule(members, members, self.punct(","), pair)
+        g.rule(value, self.punct("{"), self.punct("}"))
+        g.rule(value, self.punct("{"), members, self.punct("}"))
+        elements = g.nonterminal("any-elements")
+        g.rule(elements, value)
+        g.rule(elements, elements, self.punct(","), value)
+        g.rule(value, self.punct("["), self.punct("]"))
+        g.rule(value, self.punct("["), elements, self.punct("]"))
+        return value
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _constraining(schema: dict[str, Any]) -> bool:
+    return any(k not in _ANNOTATIONS for k in schema)
+
+
+def _escaped_at(text: str, index: int) -> bool:
+    backslashes = 0
+    i = index - 1
+    while i >= 0 and text[i] == "\\":
+        backslashes += 1
+        i -= 1
+    return backslashes % 2 == 1
+
+
+def _has_anchor(pattern: str) -> bool:
+    try:
+        import re._parser as sre_parse  # type: ignore[import-not-found]
+    except ImportError:  # pragma: no cover
+        import sre_parse  # type: ignore[no-redef]
+
+    def walk(items: Any) -> bool:
+        for op, arg in items:
+            if op == sre_parse.AT:
+                return True
+            if op in (sre_parse.MAX_REPEAT, sre_parse.MIN_REPEAT) and walk(arg[2]):
+                return True
+            if op == sre_parse.SUBPATTERN and walk(arg[-1]):
+                return True
+            if op == sre_parse.BRANCH and any(walk(b) for b in arg[1]):
+                return True
+        return False
+
+    return walk(sre_parse.parse(pattern))
+
+
+def _top_level_branch(pattern: str) -> bool:
+    try:
+        import re._parser as sre_parse  # type: ignore[import-not-found]
+    except ImportError:  # pragma: no cover
+        import sre_parse  # type: ignore[no-redef]
+    parsed = sre_parse.parse(pattern)
+    return any(op == sre_parse.BRANCH for op, _ in parsed)
+
+
+def _non_negative_int(value: Any, pointer: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or not float(value).is_integer():
+        raise SchemaError(f"expected a non-negative integer, got {value!r}", pointer=pointer)
+    return int(value)
+
+
+def _bounds(schema: dict[str, Any], pointer: str) -> tuple[float | None, bool, float | None, bool]:
+    low, low_strict, high, high_strict = None, False, None, False
+    for key in _NUMBER_KEYS - {"multipleOf"}:
+        value = schema.get(key)
+        if value is None or isinstance(value, bool) and key.startswith("exclusive"):
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise SchemaError(f"{key} must be a number", pointer=f"{pointer}/{key}")
+    if "minimum" in schema:
+        low = schema["minimum"]
+        if schema.get("exclusiveMinimum") is True:  # draft 4
+            low_strict = True
+    if "maximum" in schema:
+        high = schema["maximum"]
+        if schema.get("exclusiveMaximum") is True:
+            high_strict = True
+    em, eM = schema.get("exclusiveMinimum"), schema.get("exclusiveMaximum")
+    if isinstance(em, (int, float)) and not isinstance(em, bool) and (low is None or em >= low):
+        low, low_strict = em, True
+    if isinstance(eM, (int, float)) and not isinstance(eM, bool) and (high is None or eM <= high):
+        high, high_strict = eM, True
+    return low, low_strict, high, high_strict
+
+
+def _integer_bounds(
+    low: float | None, low_strict: bool, high: float | None, high_strict: bool
+) -> tuple[int | None, int | None]:
+    """The smallest and largest integers within the bounds (None: unbounded)."""
+    lo = None if low is None else (math.floor(low) + 1 if low_strict else math.ceil(low))
+    hi = None if high is None else (math.ceil(high) - 1 if high_strict else math.floor(high))
+    return lo, hi
+
+
+def integer_range_regex(lo: int | None, hi: int | None) -> str:
+    """A regex for the JSON integers in [lo, hi] (None: unbounded), without ``-0``."""
+    parts: list[str] = []
+    if hi is None or hi >= 0:
+        a = 0 if lo is None or lo < 0 else lo
+        parts.extend(_nonnegative_range(a, hi))
+    if lo is None or lo < 0:
+        top = None if lo is None else -lo  # magnitudes of negatives
+        bottom = 1 if hi is None or hi >= 0 else -hi
+        if top is None or top >= bottom:
+            parts.extend("-" + p for p in _nonnegative_range(bottom, top, group=True))
+    if not parts:
+        return "(?!)"
+    return "(?:" + "|".join(parts) + ")"
+
+
+def _nonnegative_range(a: int, b: int | None, *, group: bool = False) -> list[str]:
+    """Regex alternatives for the decimal integers in [a, b] without leading zeros."""
+    out: list[str] = []
+    digits_a = len(str(a))
+    if b is None:
+        width = digits_a
+        top = 10**width - 1
+        out.extend(_range_fixed_width_all(a, top))
+        out.append(rf"[1-9]\d{{{width},}}")
+    else:
+        for width in range(digits_a, len(str(b)) + 1):
+            lo = max(a, 10 ** (width - 1) if width > 1 else 0)
+            hi = min(b, 10**width - 1)
+            if lo <= hi:
+                out.extend(_range_fixed_width_all(lo, hi))
+    return ["(?:" + p + ")" for p in out] if group else out
+
+
+def _range_fixed_width_all(lo: int, hi: int) -> list[str]:
+    """Regexes for integers in [lo, hi], both with the same number of digits."""
+    s_lo, s_hi = str(lo), str(hi)
+    assert len(s_lo) == len(s_hi)
+    return _range_digits(s_lo, s_hi)
+
+
+def _range_digits(lo: str, hi: str) -> list[str]:
+    if not lo:
+        return [""]
+    if lo == hi:
+        return [re.escape(lo)]
+    if lo[0] == hi[0]:
+        return [lo[0] + p for p in _range_digits(lo[1:], hi[1:])]
+    n = len(lo) - 1
+    out: list[str] = []
+    # lo[0] followed by [lo[1:], 99..9]
+    out.extend(lo[0] + p for p in _range_digits(lo[1:], "9" * n))
+    if int(hi[0]) - int(lo[0]) > 1:
+        middle = f"[{int(lo[0]) + 1}-{int(hi[0]) - 1}]" if int(hi[0]) - int(lo[0]) > 2 else str(int(lo[0]) + 1)
+        out.append(middle + (rf"\d{{{n}}}" if n else ""))
+    out.extend(hi[0] + p for p in _range_digits("0" * n, hi[1:]))
+    return out
+
+
+def decimal_range_regex(low: float | None, low_strict: bool, high: float | None, high_strict: bool) -> str | None:
+    """A regex for plain decimals (no exponent) in the given range, when the
+    bounds are integers; None when they are not; "" when the range is empty."""
+    for bound in (low, high):
+        if bound is not None and not float(bound).is_integer():
+            return None
+    lo = None if low is None else int(low)
+    hi = None if high is None else int(high)
+    if lo is not None and hi is not None and (lo > hi or (lo == hi and (low_strict or high_strict))):
+        return ""
+    frac, zeros, nonzero = r"(?:\.\d+)?", r"(?:\.0+)?", r"\.\d*[1-9]\d*"
+    parts: list[str] = []
+    # x >= 0 written as I.F with I >= 0; x < 0 as -I.F with I.F > 0
+    # Non-negative side: x in [max(lo,0), hi]
+    if hi is None or hi >= 0:
+        a = 0 if lo is None or lo < 0 else lo
+        a_strict = low_strict and lo is not None and lo >= 0
+        # integer part strictly inside: any fraction
+        first_free = a + 1 if a_strict else a
+        last_free = None if hi is None else hi - 1
+        if last_free is None or first_free <= last_free:
+            parts.append(integer_range_regex(first_free, last_free) + frac)
+        if a_strict:  # I == a with a non-zero fraction
+            if hi is None or a < hi or (a == hi and False):
+                parts.append(re.escape(str(a)) + nonzero)
+        if hi is not None and hi >= a and not high_strict and not (a_strict and hi == a):
+            parts.append(re.escape(str(hi)) + zeros)
+    # Negative side: x in [lo, min(hi, 0)), magnitude m = -x in (max(-hi,0), -lo]
+    if lo is None or lo < 0:
+        m_top = None if lo is None else -lo  # magnitude upper bound
+        m_top_strict = low_strict
+        m_bottom = 0 if hi is None or hi >= 0 else -hi  # magnitude lower bound
+        m_bottom_strict = (hi is None or hi >= 0) or high_strict  # magnitude > 0 always (no -0)
+        neg: list[str] = []
+        first_free = m_bottom if not m_bottom_strict else m_bottom + 1
+        last_free = None if m_top is None else m_top - 1
+        if last_free is None or first_free <= last_free:
+            neg.append(integer_range_regex(first_free, last_free) + frac)
+        if m_bottom_strict and (m_top is None or m_bottom < m_top):  # I == m_bottom, fraction > 0
+            neg.append(re.escape(str(m_bottom)) + nonzero)
+        elif not m_bottom_strict and m_top is not None and m_bottom == m_top:
+            pass
+        if m_top is not None and not m_top_strict and m_top > 0 and not (m_bottom == m_top and m_bottom_strict):
+            neg.append(re.escape(str(m_top)) + zeros)
+        parts.extend("-" + p for p in neg)
+    if not parts:
+        return ""
+    return "(?:" + "|".join(parts) + ")"
+
+
+def _intersect_multiple(range_regex: str, k: int) -> ByteDFA:
+    """Integers matching ``range_regex`` that are multiples of ``k`` (a DFA over remainders)."""
+    import numpy as np
+
+    from gramspec.grammars.regex_dfa import _trim, intersect
+
+    # states: 0 start, 1 after '-', 2 zero, 3.. remainder r -> 3 + r (after a non-zero first digit)
+    n = 3 + k
+    table = np.full((n, 256), -1, dtype=np.int32)
+    digits = [ord(str(d)) for d in range(10)]
+    table[0, ord("-")] = 1
+    for start in (0, 1):
+        table[start, digits[0]] = 2 if start == 0 else -1
+        for d in range(1, 10):
+            table[start, digits[d]] = 3 + d % k
+    for r in range(k):
+        for d in range(10):
+            table[3 + r, digits[d]] = 3 + (r * 10 + d) % k
+    accepting = np.zeros(n, dtype=bool)
+    accepting[2] = True
+    accepting[3] = True
+    return intersect(regex_to_dfa(range_regex), _trim(table, accepting, start=0))
+
+
+def _pairwise_disjoint(branches: list[Any], compiler: _Compiler) -> bool:
+    """Whether no JSON value can match two of ``branches`` (a conservative check)."""
+    signatures = []
+    for branch in branches:
+        for _ in range(16):
+            if isinstance(branch, dict) and "$ref" in branch:
+                branch, _ = compiler.resolve(branch["$ref"], "")
+            else:
+                break
+        signatures.append(_signature(branch))
+    for i in range(len(signatures)):
+        for j in range(i + 1, len(signatures)):
+            if not _disjoint(signatures[i], signatures[j]):
+                return False
+    return True
+
+
+def _signature(schema: Any) -> tuple[frozenset[str], Any, dict[str, Any]]:
+    """(types it allows, its const/enum values or None, required-property consts)."""
+    if not isinstance(schema, dict):
+        return frozenset(_TYPES) if schema else frozenset(), None, {}
+    types = schema.get("type")
+    allowed = frozenset(_TYPES) if types is None else frozenset([types] if isinstance(types, str) else types)
+    if "number" in allowed:
+        allowed = allowed | {"integer"}
+    values = None
+    if "const" in schema:
+        values = [schema["const"]]
+    elif "enum" in schema and isinstance(schema["enum"], list):
+        values = schema["enum"]
+    if values is not None:
+        allowed = frozenset(_json_type(v) for v in values) & (allowed | ({"number"} if "integer" in allowed else set()))
+    keyed: dict[str, Any] = {}
+    props = schema.get("properties", {})
+    required = set(schema.get("required", []))
+    if isinstance(props, dict):
+        for name, sub in props.items():
+            if name in required and isinstance(sub, dict):
+                if "const" in sub:
+                    keyed[name] = [sub["const"]]
+                elif isinstance(sub.get("enum"), list):
+                    keyed[name] = sub["enum"]
+    return allowed, values, keyed
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "integer" if value.is_integer() else "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
+
+def _disjoint(a: tuple[frozenset[str], Any, dict[str, Any]], b: tuple[frozenset[str], Any, dict[str, Any]]) -> bool:
+    types_a, values_a, keyed_a = a
+    types_b, values_b, keyed_b = b
+    common = types_a & types_b
+    if "number" in types_a and "integer" in types_b or "number" in types_b and "integer" in types_a:
+        common = common | {"integer"}
+    if not common:
+        return True
+    if values_a is not None and values_b is not None:
+        return not any(x == y and type(x) is type(y) for x in values_a for y in values_b)
+    if common <= {"object"}:
+        for name in keyed_a.keys() & keyed_b.keys():
+            if not any(x == y for x in keyed_a[name] for y in keyed_b[name]):
+                return True
+    return False
+
+
+def _negate(schema: Any) -> dict[str, Any] | None:
+    """A schema for "not ``schema``", for the forms that have one."""
+    if schema is True or schema == {}:
+        return None
+    if schema is False:
+        return {}
+    if not isinstance(schema, dict):
+        return None
+    keys = {k for k in schema if k not in _ANNOTATIONS}
+    if keys == {"type"}:
+        types = schema["type"]
+        listed = {types} if isinstance(types, str) else set(types)
+        if "number" in listed:
+            listed.add("integer")
+        rest = [t for t in _TYPES if t not in listed]
+        if "integer" in listed and "number" not in listed:
+            return None  # non-integer numbers: not expressible here
+        return {"type": rest} if rest else None
+    if keys == {"required"} and isinstance(schema["required"], list) and len(schema["required"]) == 1:
+        name = schema["required"][0]
+        return {"anyOf": [{"type": [t for t in _TYPES if t != "object"]}, {"properties": {name: False}}]}
+    return None
+
+
+def _name_allowed(name: str, name_filter: Any, compiler: _Compiler) -> bool:
+    try:
+        return jsonschema.Draft202012Validator(name_filter).is_valid(name)
+    except Exception:  # noqa: BLE001 - a filter the validator cannot read keeps the name
+        return True
+
+
+def _name_filter_dfa(name_filter: Any, compiler: _Compiler, pointer: str) -> ByteDFA | None:
+    if name_filter is False:  # no property names at all
+        return difference(json_string_dfa(), json_string_dfa())
+    if not isinstance(name_filter, dict):
+        return None
+    keys = {k for k in name_filter if k not in _ANNOTATIONS}
+    if not keys <= (_STRING_KEYS | {"type"}) or name_filter.get("type", "string") != "string":
+        compiler.unsupported("propertyNames", pointer)
+        return None
+    patterns = []
+    if "pattern" in name_filter:
+        full = compiler.search_to_fullmatch(name_filter["pattern"], pointer + "/propertyNames")
+        if full:
+            patterns.append(full)
+    if "format" in name_filter and name_filter["format"] in FORMATS:
+        patterns.append(FORMATS[name_filter["format"]])
+    return json_string_dfa(
+        tuple(patterns), min_length=int(name_filter.get("minLength", 0)), max_length=name_filter.get("maxLength")
+    )
+
+
+def _find_anchor(node: Any, name: str) -> Any:
+    if isinstance(node, dict):
+        if node.get("$anchor") == name or node.get("$id") == "#" + name or node.get("id") == "#" + name:
+            return node
+        for value in node.values():
+            found = _find_anchor(value, name)
+            if found is not None:
+                return found
+    elif isinstance(node, list):
+        for value in node:
+            found = _find_anchor(value, name)
+            if found is not None:
+                return found
+    return None
+
+
+def _merge_two(a: dict[str, Any], b: dict[str, Any], compiler: _Compiler, pointer: str) -> Any:
+    """The conjunction of two schemas without $ref/allOf at the top."""
+    out = dict(a)
+    for key, value in b.items():
+        if key not in out or key in _ANNOTATIONS:
+            if key not in _ANNOTATIONS or key not in out:
+                out[key] = copy.copy(value) if isinstance(value, (dict, list)) else value
+            continue
+        mine = out[key]
+        if mine == value:
+            continue
+        if key == "type":
+            ta = {mine} if isinstance(mine, str) else set(mine)
+            tb = {value} if isinstance(value, str) else set(value)
+            both = (ta & tb) | ({"integer"} if ("number" in ta and "integer" in tb) or ("integer" in ta and "number" in tb) else set())
+            if not both:
+                return False
+            out[key] = sorted(both)
+        elif key == "required":
+            out[key] = list(dict.fromkeys([*mine, *value]))
+        elif key in ("properties", "patternProperties"):
+            merged = dict(mine)
+            for name, sub in value.items():
+                merged[name] = compiler.merge([mine[name], sub], f"{pointer}/{key}/{name}") if name in mine else sub
+            out[key] = merged
+        elif key in ("minimum", "minLength", "minItems", "minProperties", "exclusiveMinimum") and _numeric(mine, value):
+            out[key] = max(mine, value)
+        elif key in ("maximum", "maxLength", "maxItems", "maxProperties", "exclusiveMaximum") and _numeric(mine, value):
+            out[key] = min(mine, value)
+        elif key in ("enum", "const"):
+            values_a = [mine] if key == "const" else mine
+            values_b = [value] if key == "const" else value
+            common = [v for v in values_a if any(v == w and type(v) is type(w) for w in values_b)]
+            if not common:
+                return False
+            out.pop("const", None)
+            out["enum"] = common
+        elif key in ("anyOf", "oneOf"):
+            out["allOf"] = [*out.get("allOf", []), {key: value}]
+        elif key == "pattern":
+            out[key] = [*(mine if isinstance(mine, list) else [mine]), value]
+        elif key in ("items", "additionalProperties", "contains", "propertyNames", "not") and not isinstance(value, list) and not isinstance(mine, list):
+            if key == "not":
+                out[key] = {"anyOf": [mine, value]}
+            else:
+                out[key] = compiler.merge([mine, value], f"{pointer}/{key}")
+        elif key == "format":
+            compiler.unsupported("format", pointer, "two different formats")
+        else:
+            compiler.unsupported(key, pointer, "cannot combine two different values in allOf")
+    if "allOf" in out:
+        rest = {k: v for k, v in out.items() if k != "allOf"}
+        branches = out["allOf"]
+        # distribute remaining anyOf/oneOf combinations: keep them for alternatives() via nesting
+        nested: Any = rest
+        for branch in branches:
+            keyword = "anyOf" if "anyOf" in branch else "oneOf"
+            if keyword in nested:
+                if len(nested[keyword]) * len(branch[keyword]) > 64:
+                    compiler.unsupported(keyword, pointer, "too many combinations of branches in allOf")
+                    continue
+                nested = {**{k: v for k, v in nested.items() if k != keyword}, keyword: [
+                    compiler.merge([x, y], pointer) for x in nested[keyword] for y in branch[keyword]
+                ]}
+                nested[keyword] = [x for x in nested[keyword] if x is not False] or [False]
+            else:
+                nested = {**nested, keyword: branch[keyword]}
+        out = nested
+    return out
+
+
+def _numeric(a: Any, b: Any) -> bool:
+    return all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (a, b))
