@@ -57,6 +57,10 @@ _ARRAY_KEYS = frozenset(
     {"items", "prefixItems", "additionalItems", "minItems", "maxItems", "uniqueItems", "contains",
      "minContains", "maxContains", "unevaluatedItems"}
 )  # fmt: skip
+_STRUCTURAL = frozenset(
+    {"properties", "patternProperties", "additionalProperties", "unevaluatedProperties",
+     "items", "prefixItems", "additionalItems", "unevaluatedItems"}
+)  # fmt: skip
 _COMBINATORS = frozenset({"anyOf", "oneOf", "allOf", "not", "if", "then", "else", "$ref", "enum", "const", "type"})
 
 # Decoded-value regexes for formats: each a strict subset of what the format allows.
@@ -294,7 +298,10 @@ class _Compiler:
                 if keyword == "if" and ("then" in schema or "else" in schema):
                     yield from self.if_then_else(schema, pointer)
                     return
-        for keyword in ("dependentSchemas", "dependencies", "unevaluatedProperties", "unevaluatedItems"):
+        for keyword in ("$dynamicRef", "$recursiveRef"):
+            if keyword in schema:
+                self.unsupported(keyword, pointer, "dynamic references are not supported")
+        for keyword in ("dependentSchemas", "dependencies"):
             if keyword in schema and schema[keyword] not in (True, {}):
                 if keyword == "dependencies" and all(isinstance(v, list) for v in schema[keyword].values()):
                     continue
@@ -328,36 +335,125 @@ class _Compiler:
 
     # -- merging (allOf) ---------------------------------------------------------------
 
-    def merge(self, schemas: list[Any], pointer: str) -> Any:
-        """One schema equivalent to all of ``schemas`` together."""
-        out: dict[str, Any] = {}
+    def merge(self, schemas: list[Any], pointer: str, *, container: bool = True) -> Any:
+        """One schema equivalent to all of ``schemas`` together.
+
+        With ``container``, ``schemas[0]`` is the container (the schema holding ``allOf``, the
+        ``$ref`` or the branches): its ``unevaluated*`` keywords see what the
+        others evaluate. The others' ``additionalProperties``/``items`` only
+        see their own siblings, so they constrain the other schemas' properties
+        and items too.
+        """
+        flat: list[dict[str, Any]] = []
         for schema in schemas:
-            for _ in range(32):  # follow $ref chains
-                if isinstance(schema, dict) and "$ref" in schema and not self.ref_siblings_ignored:
-                    target, _ = self.resolve(schema["$ref"], pointer)
-                    rest = {k: v for k, v in schema.items() if k != "$ref"}
-                    if _constraining(rest):
-                        schema = self.merge([rest, target], pointer)
-                    else:
-                        schema = target
-                elif isinstance(schema, dict) and "$ref" in schema:
-                    schema, _ = self.resolve(schema["$ref"], pointer)
-                else:
-                    break
-            if schema is True or schema == {}:
-                continue
+            schema = self.flatten(schema, pointer)
             if schema is False:
                 return False
-            if not isinstance(schema, dict):
-                raise SchemaError("allOf entries must be schemas", pointer=pointer)
-            if "allOf" in schema:
-                schema = self.merge([{k: v for k, v in schema.items() if k != "allOf"}, *schema["allOf"]], pointer)
-                if schema is False:
-                    return False
-            out = _merge_two(out, schema, self, pointer)
+            flat.append(schema)
+        out: dict[str, Any] = {}
+        for schema in flat:
+            plain = {k: v for k, v in schema.items() if k not in _STRUCTURAL}
+            out = _merge_two(out, plain, self, pointer)
             if out is False:
                 return False
+        out.update(self.merge_objects(flat, pointer, container))
+        arrays = self.merge_arrays(flat, pointer, container)
+        if arrays is False:
+            return False
+        out.update(arrays)
         self.keep_alive.append(out)
+        return out
+
+    def flatten(self, schema: Any, pointer: str) -> Any:
+        """``schema`` with top-level ``$ref``/``allOf`` merged in and draft-7 tuple items renamed."""
+        for _ in range(32):  # follow $ref chains
+            if isinstance(schema, dict) and "$ref" in schema:
+                target, _ = self.resolve(schema["$ref"], pointer)
+                rest = {k: v for k, v in schema.items() if k != "$ref"}
+                schema = self.merge([rest, target], pointer) if _constraining(rest) and not self.ref_siblings_ignored else target
+            else:
+                break
+        if schema is True:
+            return {}
+        if schema is False:
+            return False
+        if not isinstance(schema, dict):
+            raise SchemaError("expected a schema", pointer=pointer)
+        if "allOf" in schema:
+            return self.merge([{k: v for k, v in schema.items() if k != "allOf"}, *schema["allOf"]], pointer)
+        if isinstance(schema.get("items"), list):  # draft 4-7 tuple form
+            tuple_form = schema
+            schema = {k: v for k, v in schema.items() if k not in ("items", "additionalItems")}
+            schema["prefixItems"] = tuple_form["items"]
+            if "additionalItems" in tuple_form:
+                schema["items"] = tuple_form["additionalItems"]
+        return schema
+
+    def merge_objects(self, flat: list[dict[str, Any]], pointer: str, container: bool) -> dict[str, Any]:
+        if not any(k in s for s in flat for k in ("properties", "patternProperties", "additionalProperties", "unevaluatedProperties")):
+            return {}
+        container_extra = flat[0].get("unevaluatedProperties") if container else None
+        covers_all = any("additionalProperties" in s or ((i or not container) and "unevaluatedProperties" in s) for i, s in enumerate(flat))
+
+        def rest(i: int) -> Any:  # what schema i says of a name it does not list
+            s = flat[i]
+            if "additionalProperties" in s:
+                return s["additionalProperties"]
+            return s.get("unevaluatedProperties", True) if i or not container else True
+
+        names = list(dict.fromkeys(n for s in flat for n in (s.get("properties") or {})))
+        properties = {}
+        for name in names:
+            parts = []
+            for i, s in enumerate(flat):
+                props = s.get("properties") or {}
+                matched = [sub for pat, sub in (s.get("patternProperties") or {}).items() if re.search(pat, name)]
+                parts.extend([props[name]] if name in props else matched or [rest(i)])
+            properties[name] = self.merge(parts, f"{pointer}/properties/{_pointer_escape(name)}", container=False)
+        patterns = {}
+        for i, s in enumerate(flat):
+            for pat, sub in (s.get("patternProperties") or {}).items():
+                parts = [sub, *(rest(j) for j in range(len(flat)) if j != i)]
+                patterns[pat] = self.merge([patterns[pat], *parts] if pat in patterns else parts, pointer, container=False)
+        extra = [rest(i) for i in range(len(flat))]
+        if container_extra is not None and not covers_all:
+            extra.append(container_extra)
+        out: dict[str, Any] = {"properties": properties}
+        if patterns:
+            out["patternProperties"] = patterns
+        additional = self.merge(extra, pointer + "/additionalProperties", container=False)
+        if additional != {}:
+            out["additionalProperties"] = additional
+        return out
+
+    def merge_arrays(self, flat: list[dict[str, Any]], pointer: str, container: bool) -> Any:
+        if not any(k in s for s in flat for k in ("items", "prefixItems", "unevaluatedItems")):
+            return {}
+        container_extra = flat[0].get("unevaluatedItems") if container else None
+        covers_all = any("items" in s or ((i or not container) and "unevaluatedItems" in s) for i, s in enumerate(flat))
+        if container_extra is not None and any("contains" in s for s in flat):
+            self.unsupported("unevaluatedItems", pointer, "together with contains")
+
+        def rest(i: int) -> Any:
+            s = flat[i]
+            if "items" in s:
+                return s["items"]
+            return s.get("unevaluatedItems", True) if i or not container else True
+
+        length = max(len(s.get("prefixItems") or []) for s in flat)
+        prefix = []
+        for j in range(length):
+            parts = [(s.get("prefixItems") or [])[j] if j < len(s.get("prefixItems") or []) else rest(i) for i, s in enumerate(flat)]
+            prefix.append(self.merge(parts, f"{pointer}/prefixItems/{j}", container=False))
+        extra = [rest(i) for i in range(len(flat))]
+        if container_extra is not None and not covers_all:
+            extra.append(container_extra)
+        out: dict[str, Any] = {}
+        if prefix:
+            out["prefixItems"] = prefix
+        items = self.merge(extra, pointer + "/items", container=False)
+        if items != {}:
+            out["items"] = items
         return out
 
     # -- enum / const ---------------------------------------------------------------------
@@ -564,7 +660,7 @@ class _Compiler:
         if dependencies:
             self.unsupported("dependentRequired", pointer)
         patterns = schema.get("patternProperties", {}) or {}
-        additional = schema.get("additionalProperties", True)
+        additional = schema.get("additionalProperties", schema.get("unevaluatedProperties", True))
         names = list(properties) + [r for r in dict.fromkeys(required) if r not in properties]
         required_set = set(required)
         min_props = _non_negative_int(schema.get("minProperties", 0), pointer + "/minProperties")
@@ -691,7 +787,7 @@ class _Compiler:
     def array(self, schema: dict[str, Any], pointer: str) -> Symbol:
         g = self.g
         prefix = schema.get("prefixItems")
-        items = schema.get("items", True)
+        items = schema.get("items", schema.get("unevaluatedItems", True))
         if isinstance(items, list):  # draft 4-7 tuple form
             prefix, items = items, schema.get("additionalItems", True)
         prefix = list(prefix or [])
@@ -706,7 +802,7 @@ class _Compiler:
             self.unsupported("minContains" if "minContains" in schema else "maxContains", pointer)
         if contains is False:
             return g.nonterminal("unsatisfiable")
-        need_contains = contains is not None and contains is not True
+        need_contains = contains is not None
         steady = max(len(prefix), min_items)  # from here on every position looks the same
         last = steady if max_items is None else max_items
         if last > DEFAULT_MAX_UNROLL:
