@@ -1,0 +1,327 @@
+"""JSON Schema compilation against python-jsonschema (Draft 2020-12 with format checking).
+
+Conformance counts over the JSON Schema Test Suite and MaskBench live in
+tests/test_conformance.py; these are targeted checks and error tables.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import warnings
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import numpy as np
+import pytest
+
+from gramspec import LimitError, SchemaError, UnsupportedSchemaError, Vocabulary
+from gramspec.grammars import CompiledGrammar
+from gramspec.grammars.compiled import State
+from gramspec.grammars.json_schema import compile_json_schema, decimal_range_regex, integer_range_regex
+
+BYTE_VOCAB = Vocabulary.from_token_bytes([bytes([b]) for b in range(256)] + [b""], eos_token_ids=[256])
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def validator(schema: Any) -> jsonschema.protocols.Validator:
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+
+
+def compact(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def random_document(grammar: CompiledGrammar, rng: random.Random, steps: int) -> bytes:
+    """Walk the grammar byte by byte, uniformly among viable bytes, then close by the shortest completion."""
+    state: State = grammar.initial_state
+    out = bytearray()
+    for _ in range(steps):
+        options = [(b, nxt) for b in range(256) if (nxt := grammar.walk(state, bytes((b,)))) is not None]
+        if not options or (grammar.is_accepting(state) and rng.random() < 0.2):
+            break
+        byte, state = rng.choice(options)
+        out.append(byte)
+    return bytes(out) + close_document(grammar, state)
+
+
+# Bytes tried first when closing a document: end strings, containers and values quickly.
+_CLOSERS = b'"}]0n' + bytes(range(0x61, 0x7B)) + b":-.Ee+tf[{" + bytes(range(0x20, 0x7F)) + b","
+
+
+def close_document(grammar: CompiledGrammar, state: State, limit: int = 5000) -> bytes:
+    """Some text that completes ``state``: greedy by :data:`_CLOSERS`, never revisiting a state."""
+    out = bytearray()
+    seen = {state}
+    while not grammar.is_accepting(state):
+        assert len(out) < limit, f"could not close the document after {bytes(out)[:200]!r}"
+        for byte in _CLOSERS:
+            nxt = grammar.walk(state, bytes((byte,)))
+            if nxt is not None and nxt not in seen:
+                break
+        else:
+            options = [(b, n) for b in range(256) if (n := grammar.walk(state, bytes((b,)))) is not None]
+            assert options, f"dead end after {bytes(out)!r}"
+            byte, nxt = options[0]
+        seen.add(nxt)
+        out.append(byte)
+        state = nxt
+    return bytes(out)
+
+
+SCHEMAS: list[tuple[dict[str, Any], list[Any], list[Any]]] = [
+    # (schema, valid instances, invalid instances)
+    (
+        {
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "minLength": 1, "maxLength": 8},
+                "age": {"type": "integer", "minimum": 0, "exclusiveMaximum": 150},
+                "email": {"type": "string", "format": "email"},
+                "tags": {"type": "array", "items": {"enum": ["a", "b", "c"]}, "maxItems": 2},
+            },
+            "required": ["name", "age"],
+            "additionalProperties": False,
+        },
+        [{"name": "Bo", "age": 0}, {"name": "Ann", "age": 149, "tags": ["a", "c"]}, {"name": "x", "age": 3, "email": "a@b.co"}],
+        [{"name": "", "age": 1}, {"name": "Bo", "age": 150}, {"name": "Bo"}, {"name": "Bo", "age": 1, "x": 1}, {"name": "Bo", "age": 1, "tags": ["d"]}],
+    ),
+    (
+        {"type": "string", "pattern": "^[A-Z]{2}-\\d{3}$"},
+        ["AB-123", "AB-123\n"],
+        ["ab-123", "AB-1234", "xAB-123"],
+    ),
+    (
+        {"type": "string", "pattern": "\\d"},
+        ["abc1", "1", "x\u00e98y"],
+        ["abc", ""],
+    ),
+    (
+        {"type": "number", "minimum": -1, "maximum": 1},
+        [-1, 0, 0.5, 1, -0.999],
+        [1.5, -2, 100],
+    ),
+    (
+        {"type": "integer", "multipleOf": 5, "minimum": 3},
+        [5, 10, 1000],
+        [0, 3, 7],
+    ),
+    (
+        {"$defs": {"tree": {"type": "object", "properties": {"v": {"type": "integer"}, "c": {"type": "array", "items": {"$ref": "#/$defs/tree"}}}, "required": ["v"], "additionalProperties": False}}, "$ref": "#/$defs/tree"},
+        [{"v": 1}, {"v": 1, "c": [{"v": 2, "c": []}, {"v": 3}]}],
+        [{"c": []}, {"v": 1, "c": [{}]}],
+    ),
+    (
+        {"anyOf": [{"type": "string", "format": "date"}, {"type": "integer", "maximum": 0}]},
+        ["2024-02-28", -5, 0],
+        ["2024-02-30", 1, "yesterday"],
+    ),
+    (
+        {"oneOf": [{"type": "object", "properties": {"kind": {"const": "a"}, "x": {"type": "integer"}}, "required": ["kind"]},
+                   {"type": "object", "properties": {"kind": {"const": "b"}, "y": {"type": "string"}}, "required": ["kind"]}]},
+        [{"kind": "a", "x": 1}, {"kind": "b", "y": "z"}],
+        [{"kind": "c"}, {"kind": "a", "x": "1"}],
+    ),
+    (
+        {"type": "object", "allOf": [{"properties": {"a": {"type": "integer"}}}, {"properties": {"b": {"type": "boolean"}}, "required": ["b"]}], "unevaluatedProperties": False},
+        [{"a": 1, "b": True}, {"b": False}],
+        [{"a": 1}, {"a": 1, "b": True, "c": 0}],
+    ),
+    (
+        {"type": "array", "prefixItems": [{"type": "string"}, {"type": "null"}], "items": False, "minItems": 1},
+        [["x"], ["x", None]],
+        [[], [1], ["x", None, None]],
+    ),
+    (
+        {"type": "array", "contains": {"type": "integer", "minimum": 10}, "items": {"type": "integer"}},
+        [[10], [1, 2, 30], [11, 1]],
+        [[], [1, 2, 3], ["a", 10]],
+    ),
+    (
+        {"type": "object", "patternProperties": {"^S_": {"type": "string"}, "^I_": {"type": "integer"}}, "additionalProperties": False},
+        [{"S_a": "x", "I_b": 2}, {}],
+        [{"S_a": 1}, {"other": 1}],
+    ),
+    (
+        {"type": "string", "maxLength": 2},
+        ["", "\U0001f600\U0001f600", "\u00e9\""],
+        ["abc"],
+    ),
+    (
+        {"enum": ["red", "green", 3, None, [1, {"a": True}]]},
+        ["red", 3, None, [1, {"a": True}]],
+        ["blue", 4, [1]],
+    ),
+    (
+        {"if": {"type": "string"}, "then": {"minLength": 2}, "else": {"type": "integer"}},
+        ["ab", 3],
+        ["a", 1.5, None],
+    ),
+]
+
+
+@pytest.mark.parametrize("index", range(len(SCHEMAS)))
+def test_schema_languages_agree_with_jsonschema(index: int) -> None:
+    schema, valid, invalid = SCHEMAS[index]
+    grammar = compile_json_schema(schema, BYTE_VOCAB)
+    check = validator(schema)
+    for instance in valid:
+        assert check.is_valid(instance), instance  # the fixture itself is right
+        assert grammar.accepts_bytes(compact(instance)), instance
+    for instance in invalid:
+        assert not check.is_valid(instance), instance
+        assert not grammar.accepts_bytes(compact(instance)), instance
+    # \u escapes and ASCII-only serializations are the same documents
+    for instance in valid:
+        assert grammar.accepts_bytes(json.dumps(instance, separators=(",", ":")).encode()), instance
+
+
+@pytest.mark.parametrize("index", range(len(SCHEMAS)))
+def test_random_documents_validate(index: int) -> None:
+    schema = SCHEMAS[index][0]
+    grammar = compile_json_schema(schema, BYTE_VOCAB)
+    check = validator(schema)
+    rng = random.Random(index)
+    for _ in range(15):
+        document = random_document(grammar, rng, rng.randrange(5, 60))
+        instance = json.loads(document)
+        assert check.is_valid(instance), (document, list(check.iter_errors(instance))[:1])
+
+
+def _maskbench_sample(count: int) -> list[Path]:
+    root = SHARED / "maskbench-dev"
+    if not root.is_dir():
+        pytest.skip(f"MaskBench schemas not found at {root}")
+    files = sorted(root.glob("*/*.json"))
+    return random.Random(7).sample(files, min(count, len(files)))
+
+
+def test_random_documents_from_real_schemas_validate() -> None:
+    rng = random.Random(3)
+    compiled = 0
+    for path in _maskbench_sample(60):
+        schema = json.loads(path.read_text())["schema"]
+        try:
+            grammar = compile_json_schema(schema, BYTE_VOCAB)
+        except (UnsupportedSchemaError, LimitError):
+            continue
+        compiled += 1
+        check = validator(schema)
+        for _ in range(3):
+            document = random_document(grammar, rng, rng.randrange(10, 120))
+            instance = json.loads(document)
+            assert check.is_valid(instance), (path.name, document)
+    assert compiled >= 30
+
+
+def test_flexible_whitespace_is_bounded() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "array", "items": {"type": "integer"}}}}
+    grammar = compile_json_schema(schema, BYTE_VOCAB, whitespace="flexible", max_whitespace=2)
+    assert grammar.accepts_bytes(b' { "a" : [ 1 ,2 ] } ')
+    assert grammar.accepts_bytes(b'{"a":[]}')
+    assert not grammar.accepts_bytes(b'{   "a":[]}')  # three spaces: over the bound
+    assert not compile_json_schema(schema, BYTE_VOCAB).accepts_bytes(b'{ "a":[]}')
+
+
+def test_mask_with_real_vocabulary(vocab_for) -> None:  # type: ignore[no-untyped-def]
+    vocab = vocab_for("gpt-2")
+    schema = SCHEMAS[0][0]
+    grammar = compile_json_schema(schema, vocab)
+    matcher = grammar.matcher()
+    allowed = matcher.allowed_tokens()
+    opening = [i for i in np.flatnonzero(allowed)]
+    assert opening and all(vocab.token_bytes[i].startswith(b"{") for i in opening)
+    for token in (vocab.token_bytes.index(b'{"'), vocab.token_bytes.index(b"name")):
+        assert matcher.advance(token)
+    assert vocab.token_bytes.index(b'":"') in np.flatnonzero(matcher.allowed_tokens())
+
+
+# -- errors: typed, with a JSON pointer --------------------------------------------
+
+SCHEMA_ERRORS = [
+    ({"type": "strin"}, SchemaError, "at /type"),
+    ({"properties": {"a": {"minLength": -1}}, "type": "object"}, SchemaError, "/properties/a/minLength"),
+    ({"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}, SchemaError, "/properties/a/$ref"),
+    ({"$ref": "https://example.com/other.json"}, UnsupportedSchemaError, "at /$ref"),
+    ({"type": "array", "items": {"type": "string"}, "uniqueItems": True}, UnsupportedSchemaError, "at /uniqueItems"),
+    ({"type": "object", "properties": {"x": {"type": "string", "pattern": "a(?=b)c|^x"}}}, UnsupportedSchemaError, "/properties/x/pattern"),
+    ({"oneOf": [{"type": "integer"}, {"minimum": 3}]}, UnsupportedSchemaError, "at /oneOf"),
+    ({"type": "number", "multipleOf": 0.1}, UnsupportedSchemaError, "at /multipleOf"),
+    ({"allOf": [{"type": "string"}, {"type": "integer"}]}, SchemaError, "unsatisfiable"),
+    ({"type": "string", "pattern": "[unclosed"}, SchemaError, "/pattern"),
+    ("{not json", SchemaError, "not valid JSON"),
+    (42, SchemaError, "must be an object or a boolean"),
+]
+
+
+@pytest.mark.parametrize("schema, error, where", SCHEMA_ERRORS)
+def test_schema_error_table(schema: Any, error: type[Exception], where: str) -> None:
+    with pytest.raises(error) as info:
+        compile_json_schema(schema, BYTE_VOCAB)
+    assert where in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_non_strict_drops_with_one_warning_listing_everything() -> None:
+    schema = {
+        "type": "object",
+        "properties": {"tags": {"type": "array", "items": {"type": "string"}, "uniqueItems": True}},
+        "dependentSchemas": {"tags": {"required": ["x"]}},
+    }
+    with pytest.raises(UnsupportedSchemaError):
+        compile_json_schema(schema, BYTE_VOCAB)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        grammar = compile_json_schema(schema, BYTE_VOCAB, strict=False)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1
+    assert "uniqueItems at /properties/tags" in messages[0] and "dependentSchemas at #" in messages[0]
+    assert grammar.accepts_bytes(b'{"tags":["a","a"]}')
+
+
+def test_bad_options_are_rejected() -> None:
+    with pytest.raises(ValueError, match="whitespace"):
+        compile_json_schema({}, BYTE_VOCAB, whitespace="pretty")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_whitespace"):
+        compile_json_schema({}, BYTE_VOCAB, max_whitespace=-1)
+
+
+def test_huge_bounds_are_limit_errors() -> None:
+    with pytest.raises(LimitError):
+        compile_json_schema({"type": "array", "minItems": 100_000}, BYTE_VOCAB)
+    with pytest.raises(LimitError):
+        compile_json_schema({"type": "string", "maxLength": 10_000_000}, BYTE_VOCAB)
+
+
+# -- number languages, checked exhaustively ------------------------------------------
+
+
+@pytest.mark.parametrize("lo, hi", [(0, 100), (-5, 5), (None, 10), (7, None), (-100, -3), (None, -20), (123, 4567), (0, 0)])
+def test_integer_ranges(lo: int | None, hi: int | None) -> None:
+    import re
+
+    regex = re.compile(integer_range_regex(lo, hi))
+    for x in range(-300, 6000):
+        assert bool(regex.fullmatch(str(x))) == ((lo is None or x >= lo) and (hi is None or x <= hi)), x
+    assert not regex.fullmatch("-0") and not regex.fullmatch("007")
+
+
+@pytest.mark.parametrize(
+    "lo, lo_strict, hi, hi_strict",
+    [(0, False, 100, False), (0, True, 1, True), (-5, False, 5, True), (None, False, 0, True), (1, True, None, False), (-10, True, -2, False)],
+)
+def test_decimal_ranges(lo: int | None, lo_strict: bool, hi: int | None, hi_strict: bool) -> None:
+    import re
+
+    pattern = decimal_range_regex(lo, lo_strict, hi, hi_strict)
+    assert pattern
+    regex = re.compile(pattern)
+    for quarter in range(-200, 600):
+        x = quarter / 4
+        ok = (lo is None or (x > lo if lo_strict else x >= lo)) and (hi is None or (x < hi if hi_strict else x <= hi))
+        for text in {repr(x), f"{x:.2f}", str(int(x)) if x.is_integer() else repr(x)}:
+            if float(text) == 0 and text.startswith("-"):
+                continue
+            assert bool(regex.fullmatch(text)) == ok, text
