@@ -32,7 +32,7 @@ import jsonschema.exceptions
 from gramspec.errors import GrammarError, LimitError, SchemaError, UnsupportedSchemaError
 from gramspec.grammars.builder import GrammarBuilder, Symbol
 from gramspec.grammars.compiled import CompiledGrammar
-from gramspec.grammars.regex_dfa import ByteDFA, difference, json_string_dfa, regex_to_dfa
+from gramspec.grammars.regex_dfa import ByteDFA, difference, intersect, json_string_dfa, regex_to_dfa
 from gramspec.vocab import Vocabulary
 
 Whitespace = Literal["compact", "flexible"]
@@ -750,30 +750,29 @@ class _Compiler:
         g = self.g
         alternatives: list[tuple[ByteDFA, Any, str]] = []
         key_filter = _name_filter_dfa(name_filter, self, pointer) if name_filter not in (None, True) else None
-        excluded = [re.escape(n) for n in names]
-        pattern_list = list(patterns.items())
-        for i, (pattern, sub) in enumerate(pattern_list):
-            full = self.search_to_fullmatch(pattern, f"{pointer}/patternProperties")
-            if full is None or sub is False:
+        full = {p: self.search_to_fullmatch(p, f"{pointer}/patternProperties") for p in patterns}
+        names_regex = [re.escape(n) for n in names]
+
+        def keys_except(allowed: tuple[str, ...], excluded: list[str]) -> ByteDFA:
+            dfa = json_string_dfa(allowed)
+            if excluded:
+                dfa = difference(dfa, json_string_dfa(("|".join(f"(?:{e})" for e in excluded),)))
+            return dfa
+
+        for pattern, sub in patterns.items():
+            if full[pattern] is None or sub is False:
                 continue
-            others = [self.search_to_fullmatch(p, pointer) for j, (p, _) in enumerate(pattern_list) if j != i]
-            dfa = json_string_dfa((full,))
-            for other in [*(o for o in others if o), *excluded]:
-                dfa = difference(dfa, json_string_dfa((other,)))
+            others = [f for p, f in full.items() if p != pattern and f]
+            dfa = keys_except((full[pattern],), [*others, *names_regex])  # type: ignore[list-item]
             alternatives.append((dfa, sub, f"{pointer}/patternProperties/{_pointer_escape(pattern)}"))
         if additional is not False:
-            dfa = json_string_dfa()
-            for other in [*(self.search_to_fullmatch(p, pointer) for p in patterns), *excluded]:
-                if other:
-                    dfa = difference(dfa, json_string_dfa((other,)))
+            dfa = keys_except((), [*(f for f in full.values() if f), *names_regex])
             alternatives.append((dfa, additional, f"{pointer}/additionalProperties"))
         if not alternatives:
             return None
         symbol = g.nonterminal(f"{pointer}/extra")
         for dfa, sub, sub_pointer in alternatives:
             if key_filter is not None:
-                from gramspec.grammars.regex_dfa import intersect
-
                 dfa = intersect(dfa, key_filter)
             if not dfa.accepting.any():
                 continue
@@ -1080,7 +1079,7 @@ def _intersect_multiple(range_regex: str, k: int) -> ByteDFA:
     """Integers matching ``range_regex`` that are multiples of ``k`` (a DFA over remainders)."""
     import numpy as np
 
-    from gramspec.grammars.regex_dfa import _trim, intersect
+    from gramspec.grammars.regex_dfa import _trim
 
     # states: 0 start, 1 after '-', 2 zero, 3.. remainder r -> 3 + r (after a non-zero first digit)
     n = 3 + k

@@ -258,7 +258,7 @@ def chars_to_bytes(
             return found
         row = np.full(256, -1, dtype=np.int32)
         span = _CONT ** (k - 1)
-        for c in range(_CONT):
+        for c in _touched(rel, span):
             sub = _restrict(rel, c * span, (c + 1) * span - 1)
             if sub:
                 row[0x80 + c] = sub[0][2] if k == 1 else utf8_node(k - 1, _shift(sub, c * span))
@@ -272,7 +272,8 @@ def chars_to_bytes(
             return found
         row = np.full(256, -1, dtype=np.int32)
         span = 16 ** (k - 1)
-        for digit, chars in _HEX_DIGITS:
+        for digit in _touched(rel, span):
+            chars = _HEX_DIGITS[digit][1]
             sub = _restrict(rel, digit * span, (digit + 1) * span - 1)
             if sub:
                 row[chars] = sub[0][2] if k == 1 else hex_node(k - 1, _shift(sub, digit * span))
@@ -319,7 +320,7 @@ def chars_to_bytes(
             row[lo : min(hi, 0x7F) + 1] = target
         raw_starts = [lo for lo, _, _ in raw]
         for lead, k, base, span, floor in _LEADS:
-            if not raw:
+            if not raw or raw[-1][1] < base:
                 break
             lo, hi = max(base, floor), min(base + span - 1, _MAX_UNICODE)
             sub = _restrict(raw, lo, hi, raw_starts)
@@ -520,6 +521,14 @@ def _restrict(
             out.append((max(a, lo), min(b, hi), t))
         i += 1
     return tuple(out)
+
+
+def _touched(rel: tuple[tuple[int, int, int], ...], span: int) -> list[int]:
+    """The digits (blocks of ``span`` values) that some interval of ``rel`` reaches."""
+    digits: set[int] = set()
+    for lo, hi, _ in rel:
+        digits.update(range(lo // span, hi // span + 1))
+    return sorted(digits)
 
 
 def _shift(imap: tuple[tuple[int, int, int], ...], base: int) -> tuple[tuple[int, int, int], ...]:
