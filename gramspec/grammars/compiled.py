@@ -103,7 +103,9 @@ class _LexClass:
     """Tokens classified from one lexer state."""
 
     inside: np.ndarray  # packed mask of tokens that stay inside the lexeme
-    boundaries: tuple[tuple[int, np.ndarray, np.ndarray], ...]  # (state at boundary, token ids, positions)
+    # per lexer state where the lexeme must end: tokens crossing at their first
+    # byte, tokens crossing later, and the positions where those cross
+    boundaries: tuple[tuple[int, np.ndarray, np.ndarray, np.ndarray], ...]
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,7 @@ class CompiledGrammar:
         self._start: dict[int, int] = {}
         self._end: dict[tuple[int, frozenset[int]], int | None] = {}
         self._lex_classes: dict[int, _LexClass] = {}
+        self._path_walks: dict[tuple[int, ...], tuple[np.ndarray, list[tuple[int, np.ndarray, np.ndarray]]]] = {}
         self._masks: OrderedDict[State, np.ndarray] = OrderedDict()
         self._mask_cache_size = mask_cache_size
         self._walks: dict[tuple[int, int, int], State | None] = {}
@@ -258,32 +261,41 @@ class CompiledGrammar:
         parser_state, lexer_state = state
         lex_class = self._lex_class(lexer_state)
         allowed = unpack_mask(lex_class.inside, self.vocab.size)
-        for boundary_state, ids, positions in lex_class.boundaries:
+        for boundary_state, first, later, positions in lex_class.boundaries:
             after = self._end_lexeme(parser_state, self._lexer.accepts[boundary_state])
             if after is None:
                 continue
             fresh = self._start_state(after)
-            at_start = positions == 0
-            if at_start.any():  # the lexeme ends before the token: the next state's mask decides
-                next_mask = unpack_mask(self.mask((after, fresh)), self.vocab.size)
-                first = ids[at_start]
-                allowed[first] = next_mask[first]
-            later = ~at_start
-            if later.any():
-                allowed[self._resolve(after, fresh, ids[later], positions[later])] = True
+            if first.size:  # the lexeme ends before the token: the next state's mask decides
+                allowed[first] = unpack_mask(self.mask((after, fresh)), self.vocab.size)[first]
+            if later.size:
+                path = (lexer_state, boundary_state)
+                allowed[self._resolve(after, fresh, later, positions, path)] = True
         if self.is_accepting(state) and self.tokens.eos.size:
             allowed[self.tokens.eos] = True
         return pack_mask(allowed)
 
-    def _resolve(self, parser_state: int, lexer_state: int, ids: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    def _resolve(
+        self, parser_state: int, lexer_state: int, ids: np.ndarray, offsets: np.ndarray, path: tuple[int, ...]
+    ) -> np.ndarray:
         """Of tokens ``ids`` whose bytes from ``offsets`` on start a lexeme in
-        ``lexer_state`` (parser in ``parser_state``), the ones that stay viable."""
-        inside, boundaries = self._lex_walk(np.full(ids.shape[0], lexer_state, dtype=np.int32), ids, offsets)
+        ``lexer_state`` (parser in ``parser_state``), the ones that stay viable.
+
+        ``path`` (the lexer states that led to these tokens) determines ``ids``
+        and ``offsets``, so the lexer walk is cached by it: only the parser
+        steps depend on ``parser_state``."""
+        key = (*path, lexer_state)
+        walked = self._path_walks.get(key)
+        if walked is None:
+            walked = self._lex_walk(np.full(ids.shape[0], lexer_state, dtype=np.int32), ids, offsets)
+            self._path_walks[key] = walked
+        inside, boundaries = walked
         parts = [inside]
         for boundary_state, sub_ids, positions in boundaries:
             after = self._end_lexeme(parser_state, self._lexer.accepts[boundary_state])
             if after is not None:
-                parts.append(self._resolve(after, self._start_state(after), sub_ids, positions))
+                sub_path = (*key, boundary_state)
+                parts.append(self._resolve(after, self._start_state(after), sub_ids, positions, sub_path))
         return np.concatenate(parts)
 
     def _lex_class(self, lexer_state: int) -> _LexClass:
@@ -296,7 +308,11 @@ class CompiledGrammar:
         )
         inside = np.zeros(self.vocab.size, dtype=bool)
         inside[inside_ids] = True
-        lex_class = _LexClass(pack_mask(inside), tuple(boundaries))
+        split = tuple(
+            (state, crossing[positions == 0], crossing[positions > 0], positions[positions > 0])
+            for state, crossing, positions in boundaries
+        )
+        lex_class = _LexClass(pack_mask(inside), split)
         self._lex_classes[lexer_state] = lex_class
         return lex_class
 
