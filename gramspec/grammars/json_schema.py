@@ -797,22 +797,34 @@ class _Compiler:
         if schema.get("uniqueItems") is True and (max_items is None or max_items > 1):
             self.unsupported("uniqueItems", pointer, "uniqueness is not context-free")
         contains = schema.get("contains")
-        if contains is not None and (schema.get("minContains", 1) != 1 or "maxContains" in schema):
-            self.unsupported("minContains" if "minContains" in schema else "maxContains", pointer)
-        if contains is False:
-            return g.nonterminal("unsatisfiable")
-        need_contains = contains is not None
+        min_contains = max_contains = None
+        if contains is not None:
+            min_contains = _non_negative_int(schema.get("minContains", 1), pointer + "/minContains")
+            if "maxContains" in schema:
+                max_contains = _non_negative_int(schema["maxContains"], pointer + "/maxContains")
+        negated = None
+        if max_contains is not None:
+            negated = _negate(contains)
+            if negated is None:  # items that do not match would need "not contains"
+                self.unsupported("maxContains", pointer, "the negation of contains is not expressible")
+                max_contains = None
+        if contains is None or (min_contains == 0 and max_contains is None):
+            variants: tuple[str, ...] = ("plain",)
+            min_contains = 0
+        else:
+            variants = ("match", "plain") if max_contains is None else ("match", "miss")
+        assert min_contains is not None
+        cap = max_contains if max_contains is not None else min_contains
         steady = max(len(prefix), min_items)  # from here on every position looks the same
         last = steady if max_items is None else max_items
-        if last > DEFAULT_MAX_UNROLL:
-            raise LimitError(f"array bounds need {last} unrolled items (limit {DEFAULT_MAX_UNROLL})")
-        variants = (False, True) if need_contains else (False,)
+        if max(last, cap) > DEFAULT_MAX_UNROLL:
+            raise LimitError(f"array bounds need {max(last, cap)} unrolled items (limit {DEFAULT_MAX_UNROLL})")
 
-        def item(j: int, matches_contains: bool) -> Symbol | None:
+        def item(j: int, kind: str) -> Symbol | None:
             sub = prefix[j] if j < len(prefix) else items
             sub_pointer = f"{pointer}/prefixItems/{j}" if j < len(prefix) else f"{pointer}/items"
-            if matches_contains:
-                sub = self.merge([sub, contains], sub_pointer)
+            if kind != "plain":
+                sub = self.merge([sub, contains if kind == "match" else negated], sub_pointer)
             return None if sub is False else self.value(sub, sub_pointer)
 
         tail: list[Symbol] = []
@@ -823,36 +835,41 @@ class _Compiler:
                 symbol = g.nonterminal(f"{pointer}/items*")
                 tail.append(symbol)
                 g.rule(symbol)
-                element = item(steady, False)
+                element = item(steady, "plain")
                 if element is not None:
                     g.rule(symbol, symbol, self.punct(","), element)
             return tail[0]
 
-        memo: dict[tuple[bool, int, bool], Symbol] = {}
+        memo: dict[tuple[bool, int, int], Symbol] = {}
 
-        def seq(first: bool, j: int, found: bool) -> Symbol:
-            key = (first, j, found)
+        def seq(first: bool, j: int, count: int) -> Symbol:
+            key = (first, j, count)
             if key in memo:
                 return memo[key]
             symbol = memo[key] = g.nonterminal(f"{pointer}/items{key}")
             sep = () if first else (self.punct(","),)
-            done = found or not need_contains
+            done = count >= min_contains
             if j >= min_items and done:
                 g.rule(symbol)
             if max_items is not None and j >= max_items:
                 return symbol
-            for matches in variants:
-                element = item(j, matches)
+            if max_items is None and max_contains is None and j >= steady and done:
+                element = item(j, "plain")
+                if element is not None:
+                    g.rule(symbol, *sep, element, steady_tail())
+                return symbol
+            for kind in variants:
+                element = item(j, kind)
                 if element is None:
                     continue
-                if max_items is None and j >= steady and done:
-                    g.rule(symbol, *sep, element, steady_tail())
-                else:
-                    g.rule(symbol, *sep, element, seq(False, min(j + 1, last), found or matches))
+                after = count + (kind == "match")
+                if max_contains is not None and after > max_contains:
+                    continue
+                g.rule(symbol, *sep, element, seq(False, min(j + 1, last), min(after, cap)))
             return symbol
 
         symbol = g.nonterminal(pointer + "/array")
-        g.rule(symbol, self.punct("["), seq(True, 0, False), self.punct("]"))
+        g.rule(symbol, self.punct("["), seq(True, 0, 0), self.punct("]"))
         return symbol
 
     # -- any value -----------------------------------------------------------------------------
