@@ -155,6 +155,22 @@ SCHEMAS: list[tuple[dict[str, Any], list[Any], list[Any]]] = [
         ["blue", 4, [1]],
     ),
     (
+        {
+            "type": "object",
+            "properties": {"kind": {"type": "string"}, "v": {}},
+            "if": {"properties": {"kind": {"const": "num"}}, "required": ["kind"]},
+            "then": {"properties": {"v": {"type": "number"}}},
+            "else": {"properties": {"v": {"type": "string"}}},
+        },
+        [{"kind": "num", "v": 1}, {"kind": "txt", "v": "a"}, {"v": "x"}, {"kind": "n\u00fam", "v": "x"}],
+        [{"kind": "num", "v": "a"}, {"kind": "x", "v": 1}, {"v": 2}],
+    ),
+    (
+        {"not": {"enum": ["a", None, True]}},
+        ["b", False, 1, 2.5, [], {"a": 1}, ""],
+        ["a", None, True],
+    ),
+    (
         {"if": {"type": "string"}, "then": {"minLength": 2}, "else": {"type": "integer"}},
         ["ab", 3],
         ["a", 1.5, None],

@@ -57,6 +57,8 @@ _ARRAY_KEYS = frozenset(
     {"items", "prefixItems", "additionalItems", "minItems", "maxItems", "uniqueItems", "contains",
      "minContains", "maxContains", "unevaluatedItems"}
 )  # fmt: skip
+# Internal keyword: string/boolean/null values to leave out (what `not: {enum: ...}` becomes).
+_NOT_ENUM = "x-gramspec-not-enum"
 _STRUCTURAL = frozenset(
     {"properties", "patternProperties", "additionalProperties", "unevaluatedProperties",
      "items", "prefixItems", "additionalItems", "unevaluatedItems"}
@@ -292,7 +294,13 @@ class _Compiler:
                         yield self.value(branch, branch_pointer)
                 return
         if "not" in schema:
-            schema = self.apply_not(schema, pointer)
+            positive = self.apply_not(schema, pointer)
+            if positive is None:
+                return
+            if "anyOf" in positive or "oneOf" in positive or "allOf" in positive:
+                yield from self.alternatives(positive, pointer)
+                return
+            schema = positive
         for keyword in ("if", "then", "else"):
             if keyword in schema:
                 if keyword == "if" and ("then" in schema or "else" in schema):
@@ -324,14 +332,15 @@ class _Compiler:
         yield self.value(self.merge([rest, condition, then], pointer + "/then"), pointer + "/then")
         yield self.value(self.merge([rest, negated, otherwise], pointer + "/else"), pointer + "/else")
 
-    def apply_not(self, schema: dict[str, Any], pointer: str) -> dict[str, Any]:
+    def apply_not(self, schema: dict[str, Any], pointer: str) -> dict[str, Any] | None:
+        """``schema`` with its ``not`` turned into positive keywords; None if nothing is left."""
         negated = _negate(schema["not"])
         rest = {k: v for k, v in schema.items() if k != "not"}
         if negated is None:
-            self.unsupported("not", pointer, "only negations of type, enum/const and required are expressible")
+            self.unsupported("not", pointer, "only negations of type, string/boolean/null enum/const, required and properties are expressible")
             return rest
         merged = self.merge([rest, negated], pointer)
-        return merged if isinstance(merged, dict) else {"not": {}}
+        return merged if isinstance(merged, dict) else None
 
     # -- merging (allOf) ---------------------------------------------------------------
 
@@ -469,7 +478,10 @@ class _Compiler:
                 rest, format_checker=jsonschema.FormatChecker()
             )
         seen: set[str] = set()
+        excluded = schema.get(_NOT_ENUM, [])
         for value in values:
+            if any(value == v and type(value) is type(v) for v in excluded):
+                continue
             if check is not None:
                 try:
                     if not check.is_valid(value):
@@ -523,11 +535,14 @@ class _Compiler:
         for t in _TYPES:
             if t not in allowed:
                 continue
+            excluded = schema.get(_NOT_ENUM, [])
             if t == "null":
-                yield self.g.literal("null")
+                if not any(v is None for v in excluded):
+                    yield self.g.literal("null")
             elif t == "boolean":
-                yield self.g.literal("true")
-                yield self.g.literal("false")
+                for value in (True, False):
+                    if not any(v is value for v in excluded):
+                        yield self.g.literal(json.dumps(value))
             elif t == "string":
                 symbol = self.string(schema, pointer)
                 if symbol is not None:
@@ -565,17 +580,26 @@ class _Compiler:
             max_length = _non_negative_int(max_length, pointer + "/maxLength")
             if max_length < min_length:
                 return None
-        return self.string_terminal(tuple(patterns), min_length, max_length, pointer)
+        excluded = tuple(sorted({v for v in schema.get(_NOT_ENUM, []) if isinstance(v, str)}))
+        return self.string_terminal(tuple(patterns), min_length, max_length, pointer, excluded)
 
     def string_terminal(
-        self, patterns: tuple[str, ...], min_length: int, max_length: int | None, pointer: str = ""
+        self,
+        patterns: tuple[str, ...],
+        min_length: int,
+        max_length: int | None,
+        pointer: str = "",
+        excluded: tuple[str, ...] = (),
     ) -> Symbol:
-        key = ("str", patterns, min_length, max_length)
+        key = ("str", patterns, min_length, max_length, excluded)
         name = "STRING" if not patterns else f"STRING~{patterns[0][:40]}"
 
         def make() -> ByteDFA:
             try:
-                return json_string_dfa(patterns, min_length=min_length, max_length=max_length)
+                dfa = json_string_dfa(patterns, min_length=min_length, max_length=max_length)
+                if excluded:
+                    dfa = difference(dfa, json_string_dfa(("|".join(re.escape(v) for v in excluded),)))
+                return dfa
             except GrammarError as exc:
                 raise UnsupportedSchemaError(f"pattern cannot be compiled: {exc}", pointer=pointer + "/pattern") from None
 
@@ -1192,10 +1216,10 @@ def _disjoint(a: tuple[frozenset[str], Any, dict[str, Any]], b: tuple[frozenset[
     return False
 
 
-def _negate(schema: Any) -> dict[str, Any] | None:
-    """A schema for "not ``schema``", for the forms that have one."""
+def _negate(schema: Any) -> Any:
+    """A schema for "not ``schema``" (possibly ``False``), or None when there is no such form here."""
     if schema is True or schema == {}:
-        return None
+        return False
     if schema is False:
         return {}
     if not isinstance(schema, dict):
@@ -1210,9 +1234,31 @@ def _negate(schema: Any) -> dict[str, Any] | None:
         if "integer" in listed and "number" not in listed:
             return None  # non-integer numbers: not expressible here
         return {"type": rest} if rest else None
-    if keys == {"required"} and isinstance(schema["required"], list) and len(schema["required"]) == 1:
-        name = schema["required"][0]
-        return {"anyOf": [{"type": [t for t in _TYPES if t != "object"]}, {"properties": {name: False}}]}
+    non_objects = {"type": [t for t in _TYPES if t not in ("object", "integer")]}
+    if keys and keys <= {"properties", "required", "type"} and schema.get("type", "object") == "object":
+        # not (an object that has every required name and whose listed properties match):
+        # not an object, or a required name missing, or a present property that does not match
+        properties = schema.get("properties", {})
+        required = schema.get("required", [])
+        if not isinstance(properties, dict) or not isinstance(required, list):
+            return None
+        branches: list[Any] = [non_objects]
+        branches.extend({"type": "object", "properties": {name: False}} for name in required)
+        for name, sub in properties.items():
+            negated = _negate(sub)
+            if negated is None:
+                return None
+            if negated is not False:
+                branches.append({"type": "object", "properties": {name: negated}, "required": [name]})
+        return {"anyOf": branches}
+    if keys in ({"const"}, {"enum"}, {"const", "type"}, {"enum", "type"}):
+        values = [schema["const"]] if "const" in schema else schema["enum"]
+        if not isinstance(values, list) or any(_json_type(v) not in ("null", "boolean", "string") for v in values):
+            return None  # numbers have many spellings, containers many orders
+        types = schema.get("type")
+        listed = set(_TYPES) if types is None else {types} if isinstance(types, str) else set(types)
+        excluded = [v for v in values if _json_type(v) in listed]
+        return {"anyOf": [{"type": ["number", "array", "object"]}, {"type": ["null", "boolean", "string"], _NOT_ENUM: excluded}]}
     return None
 
 
@@ -1280,6 +1326,8 @@ def _merge_two(a: dict[str, Any], b: dict[str, Any], compiler: _Compiler, pointe
             out[key] = sorted(both)
         elif key == "required":
             out[key] = list(dict.fromkeys([*mine, *value]))
+        elif key == _NOT_ENUM:
+            out[key] = [*mine, *(v for v in value if v not in mine)]
         elif key in ("properties", "patternProperties"):
             merged = dict(mine)
             for name, sub in value.items():
