@@ -40,6 +40,7 @@ Command line::
     python -m gramspec.evaluation.conformance                   # run, report, compare with the ratchets
     python -m gramspec.evaluation.conformance --update-ratchets # rewrite tests/ratchets/*.json
     python -m gramspec.evaluation.conformance --full            # all of MaskBench, not the sample
+    python -m gramspec.evaluation.conformance --update-ratchets --resample  # redraw the MaskBench sample
 """
 
 from __future__ import annotations
@@ -490,8 +491,9 @@ def unsupported_reason(error: BaseException) -> str:
     return f"{unsupported_keyword(error)}: {message}"
 
 
-class SchemaTimeout(Exception):
-    """A schema ran past the per-schema time limit."""
+class SchemaTimeout(BaseException):
+    """A schema ran past the per-schema time limit (a BaseException, so that a
+    compiler's ``except Exception`` cannot swallow it)."""
 
 
 @contextmanager
@@ -1226,6 +1228,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--full", action="store_true", help="run all of MaskBench (the ratchet keeps the sample)")
     parser.add_argument("--drafts", nargs="*", default=list(DRAFTS), help="Test Suite drafts (default: %(default)s)")
     parser.add_argument("--no-maskbench", action="store_true")
+    parser.add_argument(
+        "--resample",
+        action="store_true",
+        help="draw the MaskBench sample afresh (seeded; slow schemas left out) instead of keeping the ratchet's files",
+    )
     parser.add_argument("--subsets", nargs="*", default=None, help="MaskBench subsets (with --full or --limit)")
     parser.add_argument("--limit", type=int, default=None, help="MaskBench files per subset instead of the sample")
     parser.add_argument("--seed", type=int, default=None, help="sample --limit files per subset with this seed")
@@ -1258,7 +1265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             print(format_report(full, cases=args.cases), flush=True)
             runs["maskbench_full"] = full
-        if args.update_ratchets or not sample_ratchet.is_file():
+        if args.resample or not sample_ratchet.is_file():
             # draw candidates, keep those quick enough for CI
             candidates = maskbench_sample()
             done = runs["maskbench_full"]["schemas"] if "maskbench_full" in runs else {}
