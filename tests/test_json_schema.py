@@ -19,7 +19,7 @@ import pytest
 from gramspec import LimitError, SchemaError, UnsupportedSchemaError, Vocabulary
 from gramspec.grammars import CompiledGrammar
 from gramspec.grammars.compiled import State
-from gramspec.grammars.json_schema import compile_json_schema, decimal_range_regex, integer_range_regex
+from gramspec.grammars.json_schema import compile_json_schema, integer_range_regex, number_range_dfa
 
 BYTE_VOCAB = Vocabulary.from_token_bytes([bytes([b]) for b in range(256)] + [b""], eos_token_ids=[256])
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -326,18 +326,23 @@ def test_integer_ranges(lo: int | None, hi: int | None) -> None:
 
 @pytest.mark.parametrize(
     "lo, lo_strict, hi, hi_strict",
-    [(0, False, 100, False), (0, True, 1, True), (-5, False, 5, True), (None, False, 0, True), (1, True, None, False), (-10, True, -2, False)],
-)
-def test_decimal_ranges(lo: int | None, lo_strict: bool, hi: int | None, hi_strict: bool) -> None:
-    import re
+    [
+        (0, False, 100, False), (0, True, 1, True), (-5, False, 5, True), (None, False, 0, True), (1, True, None, False),
+        (-10, True, -2, False), (0.25, False, 2.5, True), (-1.75, True, 0.05, False), (None, False, -0.5, False),
+        (1.05, True, None, False), (-3.5, False, -3.25, False), (0.5, True, 0.5, False),
+    ],
+)  # fmt: skip
+def test_number_ranges(lo: float | None, lo_strict: bool, hi: float | None, hi_strict: bool) -> None:
+    from decimal import Decimal
 
-    pattern = decimal_range_regex(lo, lo_strict, hi, hi_strict)
-    assert pattern
-    regex = re.compile(pattern)
-    for quarter in range(-200, 600):
-        x = quarter / 4
-        ok = (lo is None or (x > lo if lo_strict else x >= lo)) and (hi is None or (x < hi if hi_strict else x <= hi))
-        for text in {repr(x), f"{x:.2f}", str(int(x)) if x.is_integer() else repr(x)}:
-            if float(text) == 0 and text.startswith("-"):
-                continue
-            assert bool(regex.fullmatch(text)) == ok, text
+    dfa = number_range_dfa(lo, lo_strict, hi, hi_strict)
+    texts = {f"{sign}{q // 100}.{q % 100:02d}" for q in range(0, 1200, 5) for sign in ("", "-")}
+    texts |= {f"{sign}{n}" for n in range(0, 12) for sign in ("", "-")} | {"0.0", "0.50", "2.500", "-0.05", "0.049", "1.0501"}
+    for text in sorted(texts):
+        x = Decimal(text)
+        ok = (lo is None or (x > Decimal(repr(lo)) if lo_strict else x >= Decimal(repr(lo)))) and (
+            hi is None or (x < Decimal(repr(hi)) if hi_strict else x <= Decimal(repr(hi)))
+        )
+        if text.startswith("-") and x == 0:
+            ok = False  # -0 is never written
+        assert dfa.matches(text.encode()) == ok, text

@@ -18,6 +18,7 @@ in compact canonical form, formats use a strict subset of their grammar.
 from __future__ import annotations
 
 import copy
+import decimal
 import json
 import math
 import re
@@ -649,13 +650,11 @@ class _Compiler:
             return self.g.regex(regex, f"INT[{lo},{hi}]")
         if low is None and high is None:
             return self.g.regex(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?", "NUMBER")
-        regex = decimal_range_regex(low, low_strict, high, high_strict)
-        if regex is None:
-            self.unsupported("minimum", pointer, "only integer bounds are expressible for non-integers")
-            return self.g.regex(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?", "NUMBER")
-        if regex == "":
+        key = ("number", low, low_strict, high, high_strict)
+        dfa = number_range_dfa(low, low_strict, high, high_strict)
+        if not dfa.accepting.any():
             return None
-        return self.g.regex(regex, f"NUMBER[{low},{high}]")
+        return self.g.terminal(key, f"NUMBER[{low},{high}]", lambda: dfa)
 
     def multiple_of(
         self, k: int, low: float | None, low_strict: bool, high: float | None, high_strict: bool, pointer: str
@@ -1066,54 +1065,85 @@ def _range_digits(lo: str, hi: str) -> list[str]:
     return out
 
 
-def decimal_range_regex(low: float | None, low_strict: bool, high: float | None, high_strict: bool) -> str | None:
-    """A regex for plain decimals (no exponent) in the given range, when the
-    bounds are integers; None when they are not; "" when the range is empty."""
-    for bound in (low, high):
-        if bound is not None and not float(bound).is_integer():
-            return None
-    lo = None if low is None else int(low)
-    hi = None if high is None else int(high)
-    if lo is not None and hi is not None and (lo > hi or (lo == hi and (low_strict or high_strict))):
-        return ""
-    frac, zeros, nonzero = r"(?:\.\d+)?", r"(?:\.0+)?", r"\.\d*[1-9]\d*"
-    parts: list[str] = []
-    # x >= 0 written as I.F with I >= 0; x < 0 as -I.F with I.F > 0
-    # Non-negative side: x in [max(lo,0), hi]
-    if hi is None or hi >= 0:
-        a = 0 if lo is None or lo < 0 else lo
-        a_strict = low_strict and lo is not None and lo >= 0
-        # integer part strictly inside: any fraction
-        first_free = a + 1 if a_strict else a
-        last_free = None if hi is None else hi - 1
-        if last_free is None or first_free <= last_free:
-            parts.append(integer_range_regex(first_free, last_free) + frac)
-        if a_strict:  # I == a with a non-zero fraction
-            if hi is None or a < hi or (a == hi and False):
-                parts.append(re.escape(str(a)) + nonzero)
-        if hi is not None and hi >= a and not high_strict and not (a_strict and hi == a):
-            parts.append(re.escape(str(hi)) + zeros)
-    # Negative side: x in [lo, min(hi, 0)), magnitude m = -x in (max(-hi,0), -lo]
-    if lo is None or lo < 0:
-        m_top = None if lo is None else -lo  # magnitude upper bound
-        m_top_strict = low_strict
-        m_bottom = 0 if hi is None or hi >= 0 else -hi  # magnitude lower bound
-        m_bottom_strict = (hi is None or hi >= 0) or high_strict  # magnitude > 0 always (no -0)
-        neg: list[str] = []
-        first_free = m_bottom if not m_bottom_strict else m_bottom + 1
-        last_free = None if m_top is None else m_top - 1
-        if last_free is None or first_free <= last_free:
-            neg.append(integer_range_regex(first_free, last_free) + frac)
-        if m_bottom_strict and (m_top is None or m_bottom < m_top):  # I == m_bottom, fraction > 0
-            neg.append(re.escape(str(m_bottom)) + nonzero)
-        elif not m_bottom_strict and m_top is not None and m_bottom == m_top:
-            pass
-        if m_top is not None and not m_top_strict and m_top > 0 and not (m_bottom == m_top and m_bottom_strict):
-            neg.append(re.escape(str(m_top)) + zeros)
-        parts.extend("-" + p for p in neg)
-    if not parts:
-        return ""
-    return "(?:" + "|".join(parts) + ")"
+_FRAC_ANY = r"(?:\.\d+)?"
+# Plain decimals without "-0": 0, 12, 0.5, -3.25, -0.5 (exponents are not written when bounded)
+_PLAIN_DECIMAL = r"(?:0|[1-9]\d*)(?:\.\d+)?|-(?:[1-9]\d*(?:\.\d+)?|0\.\d*[1-9]\d*)"
+
+
+def number_range_dfa(low: float | None, low_strict: bool, high: float | None, high_strict: bool) -> ByteDFA:
+    """Plain decimals (no exponent, no ``-0``) within the bounds, exactly: the
+    bounds are read as the decimals they print as."""
+    language = regex_to_dfa(_PLAIN_DECIMAL)
+    if low is not None:
+        language = intersect(language, regex_to_dfa(_at_least(decimal.Decimal(repr(low)), low_strict)))
+    if high is not None:
+        language = intersect(language, regex_to_dfa(_at_most(decimal.Decimal(repr(high)), high_strict)))
+    return language
+
+
+def _split(bound: decimal.Decimal) -> tuple[int, str]:
+    """|bound| as (integer part, fractional digits without trailing zeros)."""
+    text = format(abs(bound), "f")
+    whole, _, frac = text.partition(".")
+    return int(whole), frac.rstrip("0")
+
+
+def _at_least(bound: decimal.Decimal, strict: bool) -> str:
+    """Decimals x with x >= bound (x > bound if strict); "-0" forms may slip in (removed by intersection)."""
+    whole, frac = _split(bound)
+    if bound >= 0:
+        parts = [integer_range_regex(whole + 1, None) + _FRAC_ANY, re.escape(str(whole)) + _frac_above(frac, strict)]
+        return "|".join(f"(?:{p})" for p in parts if p is not None)
+    # negatives -m with m <= |bound| (m < |bound| if strict), and every non-negative
+    below = _magnitudes_below(whole, frac, strict)
+    return "|".join(f"(?:{p})" for p in [rf"(?:0|[1-9]\d*){_FRAC_ANY}", *(f"-{b}" for b in below)])
+
+
+def _at_most(bound: decimal.Decimal, strict: bool) -> str:
+    whole, frac = _split(bound)
+    if bound >= 0:
+        parts = [rf"-(?:0|[1-9]\d*){_FRAC_ANY}", *_magnitudes_below(whole, frac, strict)]
+        return "|".join(f"(?:{p})" for p in parts)
+    # negatives -m with m >= |bound| (m > |bound| if strict)
+    parts = [integer_range_regex(whole + 1, None) + _FRAC_ANY, re.escape(str(whole)) + _frac_above(frac, strict)]
+    return "|".join(f"(?:-{p})" for p in parts if p is not None)
+
+
+def _magnitudes_below(whole: int, frac: str, strict: bool) -> list[str]:
+    """Non-negative decimals m <= whole.frac (m < whole.frac if strict)."""
+    parts = []
+    if whole >= 1:
+        parts.append(integer_range_regex(0, whole - 1) + _FRAC_ANY)
+    tail = _frac_below(frac, strict)
+    if tail is not None:
+        parts.append(re.escape(str(whole)) + tail)
+    return parts
+
+
+def _digit_class(lo: int, hi: int) -> str:
+    return str(lo) if lo == hi else f"[{lo}-{hi}]"
+
+
+def _frac_above(digits: str, strict: bool) -> str | None:
+    """Fraction parts (with the dot, maybe absent) f with 0.f >= 0.digits (> if strict)."""
+    larger = [digits[:k] + _digit_class(int(d) + 1, 9) + r"\d*" for k, d in enumerate(digits) if d != "9"]
+    if not strict:
+        if not digits:
+            return _FRAC_ANY
+        return r"\.(?:" + "|".join([re.escape(digits) + r"\d*", *larger]) + ")"
+    return r"\.(?:" + "|".join([re.escape(digits) + r"\d*[1-9]\d*", *larger]) + ")"
+
+
+def _frac_below(digits: str, strict: bool) -> str | None:
+    """Fraction parts (with the dot, maybe absent) f with 0.f <= 0.digits (< if strict); None if none."""
+    smaller = [digits[:k] + _digit_class(0, int(d) - 1) + r"\d*" for k, d in enumerate(digits) if d != "0"]
+    smaller += [re.escape(digits[:k]) for k in range(1, len(digits))]  # a prefix: the rest reads as zeros
+    if not strict:
+        equal = [re.escape(digits) + "0*"] if digits else ["0+"]
+        return r"(?:\.(?:" + "|".join(equal + smaller) + "))?"
+    if not digits:
+        return None  # nothing is below a whole number with the same integer part
+    return r"(?:\.(?:" + "|".join(smaller) + "))?" if smaller else ""
 
 
 def _intersect_multiple(range_regex: str, k: int) -> ByteDFA:
