@@ -228,6 +228,7 @@ def chars_to_bytes(
     *,
     shortest: bool = False,
     json_string: bool = False,
+    quotes: bool | None = None,
     max_states: int = DEFAULT_MAX_DFA_STATES,
     what: str = "automaton",
 ) -> ByteDFA:
@@ -331,7 +332,7 @@ def chars_to_bytes(
 
     accepting = np.zeros(len(rows), dtype=bool)
     start = initial
-    if json_string:  # wrap in quotes: a new start state and a new final state
+    if json_string if quotes is None else quotes:  # wrap in quotes: a new start state and a new final state
         final = len(rows)
         rows.append(np.full(256, -1, dtype=np.int32))
         for s in finals:
@@ -414,23 +415,50 @@ def json_string_dfa(
         maps, initial, finals = _fsm_interval_maps(fsm)
         parts.append(chars_to_bytes(maps, initial, finals, json_string=True, max_states=max_states, what=f"regex {pattern!r}"))
     if min_length > 0 or max_length is not None or not parts:
-        if max_length is not None and max_length > max_states // 4:
-            raise LimitError(f"maxLength {max_length} is over the limit of {max_states // 4}")
-        top = max_length if max_length is not None else min_length
-        maps = []
-        for i in range(top + 1):
-            if i < top:
-                maps.append([(0, 0xD7FF, i + 1), (0xE000, _MAX_UNICODE, i + 1)])
-            elif max_length is None:
-                maps.append([(0, 0xD7FF, i), (0xE000, _MAX_UNICODE, i)])
-            else:
-                maps.append([])
-        finals = set(range(min_length, top + 1))
-        parts.append(chars_to_bytes(maps, 0, finals, json_string=True, max_states=max_states, what="string length"))
+        parts.append(_counted_json_chars(min_length, max_length, max_states=max_states))
     result = parts[0]
     for other in parts[1:]:
         result = intersect(result, other, max_states=max_states)
     return result
+
+
+def _counted_json_chars(min_length: int, max_length: int | None, *, max_states: int) -> ByteDFA:
+    """A JSON string literal of ``min_length`` to ``max_length`` characters (any characters).
+
+    Built by stacking copies of a one-character block with numpy, so long
+    bounds (``maxLength: 4096``) cost milliseconds."""
+    full = [(0, 0xD7FF, 1), (0xE000, _MAX_UNICODE, 1)]
+    block = chars_to_bytes([full, []], 0, {1}, json_string=True, quotes=False)
+    exit_state = int(np.flatnonzero(block.accepting)[0])
+    inner = [s for s in range(block.n_states) if s != exit_state]  # the start (0) comes first
+    k = len(inner)
+    index = np.full(block.n_states + 1, -1, dtype=np.int64)
+    index[inner] = np.arange(k)
+    copies = max_length if max_length is not None else min_length + 1
+    n_states = copies * k + 3  # + the entry after the last copy, the opening and the closing quote
+    if n_states > max_states:
+        raise LimitError(f"a string of up to {max_length} characters needs {n_states} states (limit {max_states})")
+    rows = block.transitions[inner]  # [k, 256]
+    offsets = (np.arange(copies, dtype=np.int64) * k)[:, None, None]
+    to_exit = rows == exit_state
+    table = np.where(rows < 0, -1, index[np.clip(rows, 0, None)] + offsets)
+    table = np.where(to_exit, offsets + k, table)  # leaving copy c enters copy c + 1
+    if max_length is None:  # the last copy loops: any number of further characters
+        table[-1][to_exit] = (copies - 1) * k
+    body = table.reshape(copies * k, 256)
+    last_entry = copies * k
+    closing, opening = last_entry + 1, last_entry + 2
+    transitions = np.full((n_states, 256), -1, dtype=np.int64)
+    transitions[: copies * k] = body
+    transitions[opening, 0x22] = 0
+    entries = [c * k for c in range(copies)] + ([last_entry] if max_length is not None else [])
+    for count, entry in enumerate(entries):
+        if count >= min_length:
+            transitions[entry, 0x22] = closing
+    accepting = np.zeros(n_states, dtype=bool)
+    accepting[closing] = True
+    # already trim: every state is reachable and can still reach the closing quote
+    return ByteDFA(np.ascontiguousarray(transitions, dtype=np.int32), accepting, start=opening)
 
 
 def intersect(a: ByteDFA, b: ByteDFA, *, max_states: int = DEFAULT_MAX_DFA_STATES) -> ByteDFA:
