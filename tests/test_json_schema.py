@@ -346,3 +346,14 @@ def test_number_ranges(lo: float | None, lo_strict: bool, hi: float | None, hi_s
         if text.startswith("-") and x == 0:
             ok = False  # -0 is never written
         assert dfa.matches(text.encode()) == ok, text
+
+
+def test_compile_time_is_bounded() -> None:
+    # 60 nested objects of 40 properties each, all distinct: far more work than 0.05 s allows
+    schema: dict[str, Any] = {"type": "string"}
+    for depth in range(60):
+        schema = {"type": "object", "properties": {f"p{depth}_{i}": schema for i in range(40)}}
+    with pytest.raises(LimitError, match="max_seconds"):
+        compile_json_schema(schema, BYTE_VOCAB, max_seconds=0.05)
+    with pytest.raises(ValueError, match="max_seconds"):
+        compile_json_schema({}, BYTE_VOCAB, max_seconds=0)

@@ -22,6 +22,7 @@ import decimal
 import json
 import math
 import re
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -102,6 +103,8 @@ FORMATS: dict[str, str] = {
     "relative-json-pointer": r"(?:0|[1-9]\d*)(?:#|(?:/(?:[^~/]|~[01])*)*)",
 }
 
+#: Default bound on the time one schema may take to compile.
+DEFAULT_COMPILE_SECONDS = 30.0
 #: Default bound on free whitespace runs in "flexible" mode.
 DEFAULT_MAX_WHITESPACE = 4
 #: Default bound on how far arrays/objects with counted bounds are unrolled.
@@ -120,9 +123,15 @@ def compile_json_schema(
     whitespace: Whitespace = "compact",
     strict: bool = True,
     max_whitespace: int = DEFAULT_MAX_WHITESPACE,
+    max_seconds: float = DEFAULT_COMPILE_SECONDS,
 ) -> CompiledGrammar:
-    """Compile a JSON Schema (dict, bool, JSON text or pydantic model class) for ``vocab``."""
-    spec = json_schema_spec(schema, whitespace=whitespace, strict=strict, max_whitespace=max_whitespace)
+    """Compile a JSON Schema (dict, bool, JSON text or pydantic model class) for ``vocab``.
+
+    Compilation taking longer than ``max_seconds`` stops with :class:`LimitError`.
+    """
+    spec = json_schema_spec(
+        schema, whitespace=whitespace, strict=strict, max_whitespace=max_whitespace, max_seconds=max_seconds
+    )
     return CompiledGrammar(spec, vocab)
 
 
@@ -132,14 +141,17 @@ def json_schema_spec(
     whitespace: Whitespace = "compact",
     strict: bool = True,
     max_whitespace: int = DEFAULT_MAX_WHITESPACE,
+    max_seconds: float = DEFAULT_COMPILE_SECONDS,
 ) -> Any:
     """The vocabulary-independent grammar of ``schema`` (see :func:`compile_json_schema`)."""
+    if not isinstance(max_seconds, (int, float)) or not max_seconds > 0:
+        raise ValueError(f"max_seconds must be a positive number, not {max_seconds!r}")
     if whitespace not in ("compact", "flexible"):
         raise ValueError(f"whitespace must be 'compact' or 'flexible', not {whitespace!r}")
     if not isinstance(max_whitespace, int) or not 0 <= max_whitespace <= 64:
         raise ValueError(f"max_whitespace must be an int from 0 to 64, not {max_whitespace!r}")
     root = _load(schema)
-    compiler = _Compiler(root, whitespace=whitespace, strict=strict, max_whitespace=max_whitespace)
+    compiler = _Compiler(root, whitespace=whitespace, strict=strict, max_whitespace=max_whitespace, max_seconds=max_seconds)
     try:
         spec = compiler.build()
     except RecursionError:
@@ -168,8 +180,12 @@ def _pointer_escape(part: str) -> str:
 
 
 class _Compiler:
-    def __init__(self, root: Any, *, whitespace: Whitespace, strict: bool, max_whitespace: int) -> None:
+    def __init__(
+        self, root: Any, *, whitespace: Whitespace, strict: bool, max_whitespace: int, max_seconds: float
+    ) -> None:
         self.root = root
+        self.max_seconds = max_seconds
+        self.deadline = time.monotonic() + max_seconds
         self.strict = strict
         self.flexible = whitespace == "flexible"
         self.max_ws = max_whitespace
@@ -244,7 +260,12 @@ class _Compiler:
 
     # -- values -------------------------------------------------------------------------
 
+    def check_time(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise LimitError(f"compiling the schema took longer than {self.max_seconds:g} s (max_seconds)")
+
     def value(self, schema: Any, pointer: str) -> Symbol:
+        self.check_time()
         if schema is True or schema == {}:
             return self.any_value()
         key = id(schema)
@@ -354,6 +375,7 @@ class _Compiler:
         see their own siblings, so they constrain the other schemas' properties
         and items too.
         """
+        self.check_time()
         flat: list[dict[str, Any]] = []
         for schema in schemas:
             schema = self.flatten(schema, pointer)
