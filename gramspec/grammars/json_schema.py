@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import decimal
+import itertools
 import json
 import math
 import re
@@ -804,12 +805,19 @@ class _Compiler:
                 dfa = difference(dfa, json_string_dfa(("|".join(f"(?:{e})" for e in excluded),)))
             return dfa
 
-        for pattern, sub in patterns.items():
-            if full[pattern] is None or sub is False:
-                continue
-            others = [f for p, f in full.items() if p != pattern and f]
-            dfa = keys_except((full[pattern],), [*others, *names_regex])  # type: ignore[list-item]
-            alternatives.append((dfa, sub, f"{pointer}/patternProperties/{_pointer_escape(pattern)}"))
+        usable = [p for p in patterns if full[p] is not None]
+        # a key matching several patterns must match all their schemas: one key language per
+        # combination of patterns (up to 4 patterns; beyond, keys matching two are left out)
+        width = len(usable) if len(usable) <= 4 else 1
+        for size in range(1, width + 1):
+            for group in itertools.combinations(usable, size):
+                subs = [patterns[p] for p in group]
+                if any(sub is False for sub in subs):
+                    continue
+                others = [full[p] for p in usable if p not in group]
+                dfa = keys_except(tuple(full[p] for p in group), [*others, *names_regex])  # type: ignore[list-item]
+                where = f"{pointer}/patternProperties/{_pointer_escape(group[0])}"
+                alternatives.append((dfa, subs[0] if size == 1 else self.merge(subs, where, container=False), where))
         if additional is not False:
             dfa = keys_except((), [*(f for f in full.values() if f), *names_regex])
             alternatives.append((dfa, additional, f"{pointer}/additionalProperties"))
