@@ -16,7 +16,14 @@ from gramspec.errors import (
 from gramspec.vocab import Vocabulary
 
 if TYPE_CHECKING:
+    from gramspec.generation import GenerationResult, generate
     from gramspec.models import load_default, load_model
+    from gramspec.plugins import (
+        GrammarLogitsProcessor,
+        JSONSchemaLogitsProcessor,
+        Pipeline,
+        RegexLogitsProcessor,
+    )
 
 __version__ = "0.1.0"
 
@@ -25,6 +32,12 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_default": "gramspec.models",
     "load_model": "gramspec.models",
+    "generate": "gramspec.generation",
+    "GenerationResult": "gramspec.generation",
+    "JSONSchemaLogitsProcessor": "gramspec.plugins",
+    "GrammarLogitsProcessor": "gramspec.plugins",
+    "RegexLogitsProcessor": "gramspec.plugins",
+    "Pipeline": "gramspec.plugins",
 }
 
 
@@ -39,15 +52,21 @@ def __getattr__(name: str) -> object:
     return value
 
 __all__ = [
+    "GenerationResult",
     "GramspecError",
     "GrammarError",
+    "GrammarLogitsProcessor",
+    "JSONSchemaLogitsProcessor",
     "LimitError",
     "ModelNotFoundError",
+    "Pipeline",
+    "RegexLogitsProcessor",
     "SchemaError",
     "UnsupportedSchemaError",
     "Vocabulary",
     "VocabularyError",
     "__version__",
+    "generate",
     "load_default",
     "load_model",
 ]

@@ -1,0 +1,243 @@
+"""Hugging Face ``LogitsProcessor`` adapters for grammar constraints.
+
+``model.generate(..., logits_processor=[JSONSchemaLogitsProcessor(schema, tokenizer)])``
+works with batches of ragged (left-padded) prompts, greedy decoding,
+sampling, ``num_return_sequences`` and beam search. The processor never
+assumes that row ``i`` of one step continues row ``i`` of the previous one:
+each row's matcher is derived from the tokens generated so far in
+``input_ids``, cached by that prefix, so beams that are reordered or cloned
+get the right state.
+
+EOS is allowed only when the row's text is complete; after EOS (and after a
+token the grammar rejects, which only another processor could force) a row
+may only take EOS again, as transformers pads finished rows anyway. A
+constraint still open when generation stops is reported by
+:meth:`GrammarConstraintLogitsProcessor.truncated`.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from transformers.generation.logits_process import LogitsProcessor
+
+from gramspec.grammars.compiled import CompiledGrammar, Matcher, mask_words
+from gramspec.plugins.mask import apply_token_bitmask
+from gramspec.vocab import Vocabulary
+
+_vocab_lock = threading.Lock()
+_vocabs: weakref.WeakKeyDictionary[Any, dict[tuple[int, tuple[int, ...] | None], Vocabulary]] = (
+    weakref.WeakKeyDictionary()
+)
+_grammars: dict[tuple[str, str, str], CompiledGrammar] = {}
+_GRAMMAR_CACHE_SIZE = 64
+
+
+def vocabulary_for(
+    tokenizer: Any, *, vocab_size: int | None = None, eos_token_ids: Iterable[int] | None = None
+) -> Vocabulary:
+    """The :class:`Vocabulary` of ``tokenizer``, built once per (tokenizer, size, EOS ids).
+
+    ``vocab_size``: the model's number of logits when it differs from
+    ``len(tokenizer)``; the vocabulary covers ``max(len(tokenizer), vocab_size)`` ids.
+    """
+    size = max(len(tokenizer), vocab_size or 0)
+    eos = None if eos_token_ids is None else tuple(sorted({int(i) for i in eos_token_ids}))
+    key = (size, eos)
+    with _vocab_lock:
+        try:
+            per_tokenizer = _vocabs.setdefault(tokenizer, {})
+        except TypeError:  # not weak-referenceable: no cache
+            per_tokenizer = {}
+        found = per_tokenizer.get(key)
+        if found is None:
+            found = per_tokenizer[key] = Vocabulary.from_tokenizer(tokenizer, vocab_size=size, eos_token_ids=eos)
+        return found
+
+
+def compile_constraint(kind: str, source: Any, vocab: Vocabulary, **options: Any) -> CompiledGrammar:
+    """Compile a ``"schema"``, ``"grammar"`` (Lark) or ``"regex"`` constraint, cached in memory."""
+    import json
+
+    text = source if isinstance(source, str) else json.dumps(source, sort_keys=True, default=repr)
+    key = (kind, text + repr(sorted(options.items())), vocab.fingerprint)
+    found = _grammars.get(key)
+    if found is not None:
+        return found
+    if kind == "schema":
+        from gramspec.grammars.json_schema import compile_json_schema
+
+        grammar = compile_json_schema(source, vocab, **options)
+    elif kind == "grammar":
+        from gramspec.grammars.frontend import compile_grammar
+
+        grammar = compile_grammar(source, vocab, **options)
+    elif kind == "regex":
+        from gramspec.grammars.frontend import compile_regex
+
+        grammar = compile_regex(source, vocab, **options)
+    else:
+        raise ValueError(f"unknown constraint kind {kind!r}; expected 'schema', 'grammar' or 'regex'")
+    if len(_grammars) >= _GRAMMAR_CACHE_SIZE:
+        _grammars.pop(next(iter(_grammars)))
+    _grammars[key] = grammar
+    return grammar
+
+
+_REJECTED = object()  # a row whose tokens left the grammar (another processor forced a token)
+
+
+class GrammarConstraintLogitsProcessor(LogitsProcessor):
+    """Masks every row of ``scores`` to the tokens ``grammar`` allows after that row's generated tokens."""
+
+    def __init__(self, grammar: CompiledGrammar) -> None:
+        self.grammar = grammar
+        self._eos = np.array(sorted(grammar.vocab.eos_token_ids), dtype=np.int64)
+        if not self._eos.size:
+            raise ValueError("the vocabulary has no EOS token id: generation could never stop at the end of the text")
+        self._words = mask_words(grammar.vocab.size)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the current generation (done automatically when a new one starts)."""
+        self.prompt_length: int | None = None
+        self._last_length = -1
+        self._states: dict[tuple[int, ...], Matcher | object] = {}
+        #: Rows (by index at the last step) that took a token the grammar rejects.
+        self.rejected_rows: set[int] = set()
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        length = int(input_ids.shape[1])
+        if self.prompt_length is None or length != self._last_length + 1:
+            self.reset()
+            self.prompt_length = length
+        self._last_length = length
+        generated = input_ids[:, self.prompt_length :].tolist()
+        keys = [tuple(row) for row in generated]
+        # a parent state continued by a single row is advanced in place, otherwise forked
+        children: dict[tuple[int, ...], int] = {}
+        for key in keys:
+            if key:
+                children[key[:-1]] = children.get(key[:-1], 0) + 1
+        states: dict[tuple[int, ...], Matcher | object] = {}
+        bitmask = np.zeros((len(keys), self._words), dtype=np.int32)
+        self.rejected_rows = set()
+        for row, key in enumerate(keys):
+            state = states.get(key)
+            if state is None:
+                state = states[key] = self._derive(key, children)
+            if isinstance(state, Matcher) and not state.is_terminated():
+                state.fill_mask(bitmask, row)
+            else:  # finished (or rejected): EOS only, so the row can be padded
+                if state is _REJECTED:
+                    self.rejected_rows.add(row)
+                _set_bits(bitmask[row], self._eos)
+        self._states = states
+        return apply_token_bitmask(scores, bitmask)  # type: ignore[return-value]
+
+    def _derive(self, key: tuple[int, ...], children: dict[tuple[int, ...], int]) -> Matcher | object:
+        if not key:
+            return self.grammar.matcher()
+        parent = self._states.get(key[:-1])
+        if parent is None:
+            return self._walk(key)
+        if parent is _REJECTED or (isinstance(parent, Matcher) and parent.is_terminated()):
+            return parent
+        assert isinstance(parent, Matcher)
+        matcher = parent if children.get(key[:-1], 0) <= 1 else parent.fork()
+        return matcher if matcher.advance(key[-1]) else _REJECTED
+
+    def _walk(self, tokens: Sequence[int]) -> Matcher | object:
+        matcher = self.grammar.matcher()
+        for token in tokens:
+            if matcher.is_terminated():
+                break
+            if not matcher.advance(token):
+                return _REJECTED
+        return matcher
+
+    def truncated(self, sequences: torch.Tensor, prompt_length: int | None = None) -> list[bool]:
+        """For each row of generate's output, whether its constraint was left open
+        (no EOS after a complete text: cut by ``max_new_tokens``, or rejected).
+
+        ``prompt_length`` defaults to the last generation's prompt length (the
+        width of the padded prompt batch).
+        """
+        start = self.prompt_length if prompt_length is None else prompt_length
+        if start is None:
+            raise ValueError("no generation has run with this processor; pass prompt_length")
+        out = []
+        for row in sequences[:, start:].tolist():
+            state = self._walk(row)
+            out.append(not (isinstance(state, Matcher) and state.is_terminated()))
+        return out
+
+
+def _set_bits(words: np.ndarray, ids: np.ndarray) -> None:
+    for i in ids.tolist():
+        words[i // 32] |= np.int32(np.uint32(1 << (i % 32)).view(np.int32))
+
+
+def _vocab_args(tokenizer: Any, vocab_size: int | None, eos_token_ids: Iterable[int] | None) -> Vocabulary:
+    return vocabulary_for(tokenizer, vocab_size=vocab_size, eos_token_ids=eos_token_ids)
+
+
+class JSONSchemaLogitsProcessor(GrammarConstraintLogitsProcessor):
+    """Constrains generation to JSON that validates against ``schema`` (dict, JSON text, bool or pydantic model).
+
+    ``vocab_size``: the model's number of logits if it differs from
+    ``len(tokenizer)``; ``eos_token_ids``: the ids that end generation
+    (default: the tokenizer's EOS); other keywords go to ``compile_json_schema``.
+    """
+
+    def __init__(
+        self,
+        schema: Any,
+        tokenizer: Any,
+        *,
+        vocab_size: int | None = None,
+        eos_token_ids: Iterable[int] | None = None,
+        **compile_options: Any,
+    ) -> None:
+        self.schema = schema
+        vocab = _vocab_args(tokenizer, vocab_size, eos_token_ids)
+        super().__init__(compile_constraint("schema", schema, vocab, **compile_options))
+
+
+class GrammarLogitsProcessor(GrammarConstraintLogitsProcessor):
+    """Constrains generation to the language of a Lark grammar (keywords as for JSONSchemaLogitsProcessor)."""
+
+    def __init__(
+        self,
+        lark_text: str,
+        tokenizer: Any,
+        *,
+        vocab_size: int | None = None,
+        eos_token_ids: Iterable[int] | None = None,
+        **compile_options: Any,
+    ) -> None:
+        self.lark_text = lark_text
+        vocab = _vocab_args(tokenizer, vocab_size, eos_token_ids)
+        super().__init__(compile_constraint("grammar", lark_text, vocab, **compile_options))
+
+
+class RegexLogitsProcessor(GrammarConstraintLogitsProcessor):
+    """Constrains generation to strings ``re.fullmatch`` accepts for ``pattern``."""
+
+    def __init__(
+        self,
+        pattern: str,
+        tokenizer: Any,
+        *,
+        vocab_size: int | None = None,
+        eos_token_ids: Iterable[int] | None = None,
+        **compile_options: Any,
+    ) -> None:
+        self.pattern = pattern
+        vocab = _vocab_args(tokenizer, vocab_size, eos_token_ids)
+        super().__init__(compile_constraint("regex", pattern, vocab, **compile_options))

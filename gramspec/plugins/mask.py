@@ -1,0 +1,113 @@
+"""Token masks on torch tensors, and the grammar-mask plugin.
+
+Masks travel as packed int32 bitmasks (bit ``i % 32`` of word ``i // 32``,
+the xgrammar/llguidance layout). :func:`apply_token_bitmask` unpacks them with
+torch bit operations on the scores' device and applies them in one
+``masked_fill``, so the same code serves CPU and GPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from gramspec.grammars.compiled import CompiledGrammar, Matcher, mask_words
+from gramspec.plugins.base import Plugin, _check_draft_shape
+
+_BIT_SHIFTS: dict[torch.device, torch.Tensor] = {}
+
+
+def _shifts(device: torch.device) -> torch.Tensor:
+    found = _BIT_SHIFTS.get(device)
+    if found is None:
+        found = _BIT_SHIFTS[device] = torch.arange(32, dtype=torch.int32, device=device)
+    return found
+
+
+def unpack_bitmask(bitmask: torch.Tensor, num_columns: int) -> torch.Tensor:
+    """A packed int32 bitmask (``(..., words)``) as bool ``(..., num_columns)``.
+
+    Columns past the bitmask's ``words * 32`` bits are False (never allowed).
+    """
+    bits = (bitmask.unsqueeze(-1) >> _shifts(bitmask.device)) & 1
+    allowed = bits.reshape(*bitmask.shape[:-1], bitmask.shape[-1] * 32).bool()
+    have = allowed.shape[-1]
+    if have >= num_columns:
+        return allowed[..., :num_columns]
+    pad = torch.zeros(*allowed.shape[:-1], num_columns - have, dtype=torch.bool, device=allowed.device)
+    return torch.cat([allowed, pad], dim=-1)
+
+
+def apply_token_bitmask(scores: torch.Tensor, bitmask: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """``scores`` with the tokens the bitmask leaves out set to ``-inf`` (a new tensor).
+
+    ``scores`` is ``(V,)`` or ``(B, V)``; the bitmask has matching leading
+    dimensions. Its bits past column ``V`` are ignored, and columns past its
+    bits are masked (a model may have more logits than the tokenizer has ids).
+    """
+    words = torch.as_tensor(bitmask).to(scores.device, non_blocking=True)
+    allowed = unpack_bitmask(words, scores.shape[-1])
+    return scores.masked_fill(~allowed, -torch.inf)
+
+
+def apply_token_bitmask_inplace(scores: torch.Tensor, bitmask: torch.Tensor | np.ndarray) -> None:
+    """Like :func:`apply_token_bitmask`, writing into ``scores``."""
+    words = torch.as_tensor(bitmask).to(scores.device, non_blocking=True)
+    scores.masked_fill_(~unpack_bitmask(words, scores.shape[-1]), -torch.inf)
+
+
+class GrammarMask(Plugin):
+    """Masks the tokens a compiled grammar (Lark, JSON Schema or regex) does not allow.
+
+    Holds one :class:`Matcher`; EOS is allowed exactly when the text so far is
+    complete, and after EOS nothing is.
+    """
+
+    def __init__(self, grammar: CompiledGrammar) -> None:
+        self.grammar = grammar
+        self.matcher: Matcher = grammar.matcher()
+        self._words = mask_words(grammar.vocab.size)
+
+    def __repr__(self) -> str:
+        return f"GrammarMask({self.grammar!r})"
+
+    def reset(self, prefix: Sequence[int] = ()) -> None:
+        """Start at the beginning of the grammar (the prompt is not part of the constrained text)."""
+        self.matcher.reset()
+
+    def bitmask(self) -> np.ndarray:
+        """The current packed mask (a fresh int32 array)."""
+        out = np.zeros(self._words, dtype=np.int32)
+        self.matcher.fill_mask(out)
+        return out
+
+    def process(self, scores: torch.Tensor) -> torch.Tensor:
+        return apply_token_bitmask(scores, self.bitmask())
+
+    def is_allowed(self, token: int) -> bool:
+        """Single-token check, without computing the whole mask."""
+        return token < self.grammar.vocab.size and self.matcher.is_allowed(token)
+
+    def advance(self, token: int) -> bool:
+        return self.matcher.advance(token)
+
+    def rollback(self, n: int = 1) -> None:
+        self.matcher.rollback(n)
+
+    def process_positions(self, scores: torch.Tensor, draft: Sequence[int]) -> torch.Tensor:
+        """All draft positions' masks in one bitmask, applied with one op."""
+        _check_draft_shape(scores, draft)
+        bitmask = np.zeros((scores.shape[0], self._words), dtype=np.int32)  # rows past a rejection stay empty
+        taken = 0
+        try:
+            for i in range(scores.shape[0]):
+                self.matcher.fill_mask(bitmask, i)
+                if i < len(draft):
+                    if not self.matcher.advance(draft[i]):
+                        break
+                    taken += 1
+        finally:
+            self.matcher.rollback(taken)
+        return apply_token_bitmask(scores, bitmask)
