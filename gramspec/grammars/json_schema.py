@@ -669,8 +669,7 @@ class _Compiler:
             lo, hi = _integer_bounds(low, low_strict, high, high_strict)
             if lo is not None and hi is not None and lo > hi:
                 return None
-            regex = integer_range_regex(lo, hi)
-            return self.g.regex(regex, f"INT[{lo},{hi}]")
+            return self.g.terminal(("int", lo, hi), f"INT[{lo},{hi}]", lambda: integer_range_dfa(lo, hi))
         if low is None and high is None:
             return self.g.regex(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?", "NUMBER")
         key = ("number", low, low_strict, high, high_strict)
@@ -688,7 +687,7 @@ class _Compiler:
         if k > 10_000:
             self.unsupported("multipleOf", pointer, f"multipleOf {k} is over the limit of 10000")
         key = ("multiple", k, lo, hi)
-        return self.g.terminal(key, f"INT%{k}", lambda: _intersect_multiple(integer_range_regex(lo, hi), k))
+        return self.g.terminal(key, f"INT%{k}", lambda: intersect(integer_range_dfa(lo, hi), _multiples(k)))
 
     # -- objects ---------------------------------------------------------------------------
 
@@ -1036,63 +1035,45 @@ def _integer_bounds(
     return lo, hi
 
 
-def integer_range_regex(lo: int | None, hi: int | None) -> str:
-    """A regex for the JSON integers in [lo, hi] (None: unbounded), without ``-0``."""
-    parts: list[str] = []
-    if hi is None or hi >= 0:
-        a = 0 if lo is None or lo < 0 else lo
-        parts.extend(_nonnegative_range(a, hi))
-    if lo is None or lo < 0:
-        top = None if lo is None else -lo  # magnitudes of negatives
-        bottom = 1 if hi is None or hi >= 0 else -hi
-        if top is None or top >= bottom:
-            parts.extend("-" + p for p in _nonnegative_range(bottom, top, group=True))
-    if not parts:
-        return "(?!)"
-    return "(?:" + "|".join(parts) + ")"
+_SIGNED_INT = r"0|-?[1-9]\d*"
 
 
-def _nonnegative_range(a: int, b: int | None, *, group: bool = False) -> list[str]:
-    """Regex alternatives for the decimal integers in [a, b] without leading zeros."""
-    out: list[str] = []
-    digits_a = len(str(a))
-    if b is None:
-        width = digits_a
-        top = 10**width - 1
-        out.extend(_range_fixed_width_all(a, top))
-        out.append(rf"[1-9]\d{{{width},}}")
-    else:
-        for width in range(digits_a, len(str(b)) + 1):
-            lo = max(a, 10 ** (width - 1) if width > 1 else 0)
-            hi = min(b, 10**width - 1)
-            if lo <= hi:
-                out.extend(_range_fixed_width_all(lo, hi))
-    return ["(?:" + p + ")" for p in out] if group else out
+def integer_range_dfa(lo: int | None, hi: int | None) -> ByteDFA:
+    """JSON integers in [lo, hi] (None: unbounded), without ``-0``: an
+    intersection of one-sided automata, so huge bounds stay small."""
+    dfa = regex_to_dfa(_SIGNED_INT)
+    if lo is not None:
+        above = _nonneg_at_least(lo) if lo >= 0 else rf"0|[1-9]\d*|-(?:{_nonneg_at_most(-lo)})"
+        dfa = intersect(dfa, regex_to_dfa(above))
+    if hi is not None:
+        below = rf"-\d+|{_nonneg_at_most(hi)}" if hi >= 0 else rf"-(?:{_nonneg_at_least(-hi)})"
+        dfa = intersect(dfa, regex_to_dfa(below))
+    return dfa
 
 
-def _range_fixed_width_all(lo: int, hi: int) -> list[str]:
-    """Regexes for integers in [lo, hi], both with the same number of digits."""
-    s_lo, s_hi = str(lo), str(hi)
-    assert len(s_lo) == len(s_hi)
-    return _range_digits(s_lo, s_hi)
+def _nonneg_at_least(a: int) -> str:
+    """Decimal integers >= a >= 0, no leading zeros (linear in the digits of a)."""
+    digits = str(a)
+    n = len(digits)
+    alternatives = [rf"[1-9]\d{{{n},}}", digits]
+    for k, d in enumerate(digits):
+        if d != "9":
+            alternatives.append(digits[:k] + _digit_class(int(d) + 1, 9) + rf"\d{{{n - k - 1}}}")
+    return "|".join(f"(?:{a})" for a in alternatives)
 
 
-def _range_digits(lo: str, hi: str) -> list[str]:
-    if not lo:
-        return [""]
-    if lo == hi:
-        return [re.escape(lo)]
-    if lo[0] == hi[0]:
-        return [lo[0] + p for p in _range_digits(lo[1:], hi[1:])]
-    n = len(lo) - 1
-    out: list[str] = []
-    # lo[0] followed by [lo[1:], 99..9]
-    out.extend(lo[0] + p for p in _range_digits(lo[1:], "9" * n))
-    if int(hi[0]) - int(lo[0]) > 1:
-        middle = f"[{int(lo[0]) + 1}-{int(hi[0]) - 1}]" if int(hi[0]) - int(lo[0]) > 2 else str(int(lo[0]) + 1)
-        out.append(middle + (rf"\d{{{n}}}" if n else ""))
-    out.extend(hi[0] + p for p in _range_digits("0" * n, hi[1:]))
-    return out
+def _nonneg_at_most(b: int) -> str:
+    """Decimal integers 0 <= x <= b, no leading zeros (linear in the digits of b)."""
+    digits = str(b)
+    n = len(digits)
+    alternatives = ["0", digits]
+    if n >= 2:
+        alternatives.append(rf"[1-9]\d{{0,{n - 2}}}")
+    for k, d in enumerate(digits):
+        lowest = 1 if k == 0 else 0
+        if int(d) - 1 >= lowest:
+            alternatives.append(digits[:k] + _digit_class(lowest, int(d) - 1) + rf"\d{{{n - k - 1}}}")
+    return "|".join(f"(?:{a})" for a in alternatives)
 
 
 _FRAC_ANY = r"(?:\.\d+)?"
@@ -1122,7 +1103,7 @@ def _at_least(bound: decimal.Decimal, strict: bool) -> str:
     """Decimals x with x >= bound (x > bound if strict); "-0" forms may slip in (removed by intersection)."""
     whole, frac = _split(bound)
     if bound >= 0:
-        parts = [integer_range_regex(whole + 1, None) + _FRAC_ANY, re.escape(str(whole)) + _frac_above(frac, strict)]
+        parts = [f"(?:{_nonneg_at_least(whole + 1)}){_FRAC_ANY}", re.escape(str(whole)) + _frac_above(frac, strict)]
         return "|".join(f"(?:{p})" for p in parts if p is not None)
     # negatives -m with m <= |bound| (m < |bound| if strict), and every non-negative
     below = _magnitudes_below(whole, frac, strict)
@@ -1135,7 +1116,7 @@ def _at_most(bound: decimal.Decimal, strict: bool) -> str:
         parts = [rf"-(?:0|[1-9]\d*){_FRAC_ANY}", *_magnitudes_below(whole, frac, strict)]
         return "|".join(f"(?:{p})" for p in parts)
     # negatives -m with m >= |bound| (m > |bound| if strict)
-    parts = [integer_range_regex(whole + 1, None) + _FRAC_ANY, re.escape(str(whole)) + _frac_above(frac, strict)]
+    parts = [f"(?:{_nonneg_at_least(whole + 1)}){_FRAC_ANY}", re.escape(str(whole)) + _frac_above(frac, strict)]
     return "|".join(f"(?:-{p})" for p in parts if p is not None)
 
 
@@ -1143,7 +1124,7 @@ def _magnitudes_below(whole: int, frac: str, strict: bool) -> list[str]:
     """Non-negative decimals m <= whole.frac (m < whole.frac if strict)."""
     parts = []
     if whole >= 1:
-        parts.append(integer_range_regex(0, whole - 1) + _FRAC_ANY)
+        parts.append(f"(?:{_nonneg_at_most(whole - 1)}){_FRAC_ANY}")
     tail = _frac_below(frac, strict)
     if tail is not None:
         parts.append(re.escape(str(whole)) + tail)
@@ -1176,28 +1157,26 @@ def _frac_below(digits: str, strict: bool) -> str | None:
     return r"(?:\.(?:" + "|".join(smaller) + "))?" if smaller else ""
 
 
-def _intersect_multiple(range_regex: str, k: int) -> ByteDFA:
-    """Integers matching ``range_regex`` that are multiples of ``k`` (a DFA over remainders)."""
+def _multiples(k: int) -> ByteDFA:
+    """Decimal integers (optionally negative) that are multiples of ``k``: a DFA over remainders."""
     import numpy as np
 
     from gramspec.grammars.regex_dfa import _trim
 
-    # states: 0 start, 1 after '-', 2 zero, 3.. remainder r -> 3 + r (after a non-zero first digit)
-    n = 3 + k
-    table = np.full((n, 256), -1, dtype=np.int32)
+    # states: 0 start, 1 after '-', 2 zero, 3 + r: remainder r after a non-zero first digit
+    table = np.full((3 + k, 256), -1, dtype=np.int32)
     digits = [ord(str(d)) for d in range(10)]
     table[0, ord("-")] = 1
+    table[0, digits[0]] = 2
     for start in (0, 1):
-        table[start, digits[0]] = 2 if start == 0 else -1
         for d in range(1, 10):
             table[start, digits[d]] = 3 + d % k
     for r in range(k):
         for d in range(10):
             table[3 + r, digits[d]] = 3 + (r * 10 + d) % k
-    accepting = np.zeros(n, dtype=bool)
-    accepting[2] = True
-    accepting[3] = True
-    return intersect(regex_to_dfa(range_regex), _trim(table, accepting, start=0))
+    accepting = np.zeros(3 + k, dtype=bool)
+    accepting[[2, 3]] = True
+    return _trim(table, accepting, start=0)
 
 
 def _pairwise_disjoint(branches: list[Any], compiler: _Compiler) -> bool:
