@@ -364,3 +364,19 @@ def test_compile_time_is_bounded() -> None:
         compile_json_schema(schema, BYTE_VOCAB, max_seconds=0.05)
     with pytest.raises(ValueError, match="max_seconds"):
         compile_json_schema({}, BYTE_VOCAB, max_seconds=0)
+
+
+def test_one_of_with_closed_objects_is_exact() -> None:
+    schema = {
+        "oneOf": [
+            {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"], "additionalProperties": False},
+            {"type": "object", "properties": {"b": {"type": "string"}}, "required": ["b"], "additionalProperties": False},
+        ]
+    }
+    grammar = compile_json_schema(schema, BYTE_VOCAB)
+    check = validator(schema)
+    for instance in [{"a": 1}, {"b": "x"}, {"a": 1, "b": "x"}, {}, {"a": "x"}]:
+        assert grammar.accepts_bytes(compact(instance)) == check.is_valid(instance), instance
+    # 1 and 1.0 are the same JSON number, so these branches overlap
+    with pytest.raises(UnsupportedSchemaError):
+        compile_json_schema({"oneOf": [{"const": 1}, {"const": 1.0}]}, BYTE_VOCAB)

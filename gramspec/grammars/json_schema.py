@@ -1196,10 +1196,18 @@ def _pairwise_disjoint(branches: list[Any], compiler: _Compiler) -> bool:
     return True
 
 
-def _signature(schema: Any) -> tuple[frozenset[str], Any, dict[str, Any]]:
-    """(types it allows, its const/enum values or None, required-property consts)."""
+@dataclass(frozen=True)
+class _Signature:
+    types: frozenset[str]  # JSON types it allows
+    values: list[Any] | None  # its const/enum values
+    keyed: dict[str, Any]  # required properties with const/enum values
+    required: frozenset[str]
+    forbidden: Any  # a predicate: names an instance may not have
+
+
+def _signature(schema: Any) -> _Signature:
     if not isinstance(schema, dict):
-        return frozenset(_TYPES) if schema else frozenset(), None, {}
+        return _Signature(frozenset(_TYPES) if schema else frozenset(), None, {}, frozenset(), lambda name: False)
     types = schema.get("type")
     allowed = frozenset(_TYPES) if types is None else frozenset([types] if isinstance(types, str) else types)
     if "number" in allowed:
@@ -1221,7 +1229,14 @@ def _signature(schema: Any) -> tuple[frozenset[str], Any, dict[str, Any]]:
                     keyed[name] = [sub["const"]]
                 elif isinstance(sub.get("enum"), list):
                     keyed[name] = sub["enum"]
-    return allowed, values, keyed
+    listed = dict(props) if isinstance(props, dict) else {}
+    patterns = schema.get("patternProperties") or {}
+    closed = schema.get("additionalProperties", True) is False and not patterns
+
+    def forbidden(name: str) -> bool:
+        return listed.get(name, True) is False or (closed and name not in listed)
+
+    return _Signature(allowed, values, keyed, frozenset(required), forbidden)
 
 
 def _json_type(value: Any) -> str:
@@ -1238,20 +1253,36 @@ def _json_type(value: Any) -> str:
     return "array" if isinstance(value, list) else "object"
 
 
-def _disjoint(a: tuple[frozenset[str], Any, dict[str, Any]], b: tuple[frozenset[str], Any, dict[str, Any]]) -> bool:
-    types_a, values_a, keyed_a = a
-    types_b, values_b, keyed_b = b
+def _json_equal(x: Any, y: Any) -> bool:
+    """Equality as JSON sees it: 1 == 1.0, but true != 1."""
+    if isinstance(x, bool) or isinstance(y, bool):
+        return isinstance(x, bool) and isinstance(y, bool) and x == y
+    if isinstance(x, (int, float)) and isinstance(y, (int, float)):
+        return x == y
+    if isinstance(x, list) and isinstance(y, list):
+        return len(x) == len(y) and all(_json_equal(a, b) for a, b in zip(x, y))
+    if isinstance(x, dict) and isinstance(y, dict):
+        return x.keys() == y.keys() and all(_json_equal(x[k], y[k]) for k in x)
+    return type(x) is type(y) and x == y
+
+
+def _disjoint(a: _Signature, b: _Signature) -> bool:
+    types_a, values_a, keyed_a = a.types, a.values, a.keyed
+    types_b, values_b, keyed_b = b.types, b.values, b.keyed
     common = types_a & types_b
     if "number" in types_a and "integer" in types_b or "number" in types_b and "integer" in types_a:
         common = common | {"integer"}
     if not common:
         return True
     if values_a is not None and values_b is not None:
-        return not any(x == y and type(x) is type(y) for x in values_a for y in values_b)
+        return not any(_json_equal(x, y) for x in values_a for y in values_b)
     if common <= {"object"}:
         for name in keyed_a.keys() & keyed_b.keys():
-            if not any(x == y for x in keyed_a[name] for y in keyed_b[name]):
+            if not any(_json_equal(x, y) for x in keyed_a[name] for y in keyed_b[name]):
                 return True
+        # a name one requires and the other forbids
+        if any(b.forbidden(name) for name in a.required) or any(a.forbidden(name) for name in b.required):
+            return True
     return False
 
 
