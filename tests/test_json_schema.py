@@ -166,6 +166,21 @@ SCHEMAS: list[tuple[dict[str, Any], list[Any], list[Any]]] = [
         [{"kind": "num", "v": "a"}, {"kind": "x", "v": 1}, {"v": 2}],
     ),
     (
+        {"not": {"required": ["a"]}},  # non-objects satisfy "required", so "not" rejects them
+        [{}, {"b": 1}],
+        [{"a": 1}, 1, "x", None, []],
+    ),
+    (
+        {"not": {"minimum": 3, "maxLength": 2, "pattern": "^x"}},
+        [2, 2.5, -1, "abc", "xyz", "ab", ""],
+        [3, 10, "x", "xy", None, True, [], {}],
+    ),
+    (
+        {"type": ["string", "number"], "not": {"anyOf": [{"type": "string", "pattern": "a"}, {"type": "number", "maximum": 0}]}},
+        ["bcd", "", 1, 42, 2.5],
+        ["cat", 0, -5, None],
+    ),
+    (
         {"not": {"enum": ["a", None, True]}},
         ["b", False, 1, 2.5, [], {"a": 1}, ""],
         ["a", None, True],

@@ -62,6 +62,8 @@ _ARRAY_KEYS = frozenset(
 )  # fmt: skip
 # Internal keyword: string/boolean/null values to leave out (what `not: {enum: ...}` becomes).
 _NOT_ENUM = "x-gramspec-not-enum"
+# Internal keyword: patterns (search semantics) a string must not match (what `not: {pattern: ...}` becomes).
+_NOT_PATTERN = "x-gramspec-not-pattern"
 _STRUCTURAL = frozenset(
     {"properties", "patternProperties", "additionalProperties", "unevaluatedProperties",
      "items", "prefixItems", "additionalItems", "unevaluatedItems"}
@@ -350,6 +352,10 @@ class _Compiler:
             self.unsupported("if", pointer, "its negation is not expressible")
             yield self.value(rest, pointer)
             return
+        if _evaluation_clash(rest, negated):
+            self.unsupported("if", pointer, "its negation would mark items or properties as evaluated")
+            yield self.value(rest, pointer)
+            return
         then = schema.get("then", True)
         otherwise = schema.get("else", True)
         yield self.value(self.merge([rest, condition, then], pointer + "/then"), pointer + "/then")
@@ -360,7 +366,10 @@ class _Compiler:
         negated = _negate(schema["not"])
         rest = {k: v for k, v in schema.items() if k != "not"}
         if negated is None:
-            self.unsupported("not", pointer, "only negations of type, string/boolean/null enum/const, required and properties are expressible")
+            self.unsupported("not", pointer, "its negation is not expressible (see docs/json_schema.md)")
+            return rest
+        if _evaluation_clash(rest, negated):
+            self.unsupported("not", pointer, "its negation would mark items or properties as evaluated")
             return rest
         merged = self.merge([rest, negated], pointer)
         return merged if isinstance(merged, dict) else None
@@ -504,7 +513,9 @@ class _Compiler:
         seen: set[str] = set()
         excluded = schema.get(_NOT_ENUM, [])
         for value in values:
-            if any(value == v and type(value) is type(v) for v in excluded):
+            if any(_json_equal(value, v) for v in excluded):
+                continue
+            if isinstance(value, str) and any(re.search(p, value) for p in schema.get(_NOT_PATTERN, [])):
                 continue
             if check is not None:
                 try:
@@ -604,7 +615,12 @@ class _Compiler:
             max_length = _non_negative_int(max_length, pointer + "/maxLength")
             if max_length < min_length:
                 return None
-        excluded = tuple(sorted({v for v in schema.get(_NOT_ENUM, []) if isinstance(v, str)}))
+        excluded = tuple(sorted({re.escape(v) for v in schema.get(_NOT_ENUM, []) if isinstance(v, str)}))
+        for raw in schema.get(_NOT_PATTERN, []):
+            full = self.search_to_fullmatch(raw, pointer)
+            if full is None:
+                return None  # unsupported and dropped: keep nothing rather than the complement
+            excluded += (full,)
         return self.string_terminal(tuple(patterns), min_length, max_length, pointer, excluded)
 
     def string_terminal(
@@ -621,8 +637,8 @@ class _Compiler:
         def make() -> ByteDFA:
             try:
                 dfa = json_string_dfa(patterns, min_length=min_length, max_length=max_length)
-                if excluded:
-                    dfa = difference(dfa, json_string_dfa(("|".join(re.escape(v) for v in excluded),)))
+                if excluded:  # regexes of decoded values to leave out
+                    dfa = difference(dfa, json_string_dfa(("|".join(f"(?:{v})" for v in excluded),)))
                 return dfa
             except GrammarError as exc:
                 raise UnsupportedSchemaError(f"pattern cannot be compiled: {exc}", pointer=pointer + "/pattern") from None
@@ -1253,6 +1269,15 @@ def _json_type(value: Any) -> str:
     return "array" if isinstance(value, list) else "object"
 
 
+def _evaluation_clash(container: dict[str, Any], negated: Any) -> bool:
+    """Whether merging ``negated`` (which produces no annotations) into a schema
+    with ``unevaluated*`` keywords would wrongly count its items/properties as evaluated."""
+    if not ({"unevaluatedItems", "unevaluatedProperties"} & container.keys()):
+        return False
+    text = json.dumps(negated, default=str)
+    return any(f'"{k}"' in text for k in _STRUCTURAL)
+
+
 def _json_equal(x: Any, y: Any) -> bool:
     """Equality as JSON sees it: 1 == 1.0, but true != 1."""
     if isinstance(x, bool) or isinstance(y, bool):
@@ -1287,7 +1312,15 @@ def _disjoint(a: _Signature, b: _Signature) -> bool:
 
 
 def _negate(schema: Any) -> Any:
-    """A schema for "not ``schema``" (possibly ``False``), or None when there is no such form here."""
+    """A schema for "not ``schema``" (possibly ``False``), or None when there is no such form here.
+
+    A schema is the conjunction of its keywords (those that depend on each
+    other taken together), so its negation is the union of their negations.
+    Keywords that speak of one type hold for every other type, so each
+    negation stays within that type. Restricted constructs (formats, the
+    integer writing) are never negated: the complement of a subset would let
+    invalid documents through.
+    """
     if schema is True or schema == {}:
         return False
     if schema is False:
@@ -1295,40 +1328,78 @@ def _negate(schema: Any) -> Any:
     if not isinstance(schema, dict):
         return None
     keys = {k for k in schema if k not in _ANNOTATIONS}
-    if keys == {"type"}:
-        types = schema["type"]
-        listed = {types} if isinstance(types, str) else set(types)
-        if "number" in listed:
-            listed.add("integer")
-        rest = [t for t in _TYPES if t not in listed]
-        if "integer" in listed and "number" not in listed:
-            return None  # non-integer numbers: not expressible here
-        return {"type": rest} if rest else None
-    non_objects = {"type": [t for t in _TYPES if t not in ("object", "integer")]}
-    if keys and keys <= {"properties", "required", "type"} and schema.get("type", "object") == "object":
-        # not (an object that has every required name and whose listed properties match):
-        # not an object, or a required name missing, or a present property that does not match
-        properties = schema.get("properties", {})
-        required = schema.get("required", [])
-        if not isinstance(properties, dict) or not isinstance(required, list):
+    if not keys:
+        return False
+    parts: list[Any] = []
+    handled: set[str] = set()
+    object_group = keys & {"properties", "patternProperties", "additionalProperties"}
+    if object_group:
+        if object_group != {"properties"} or not isinstance(schema["properties"], dict):
             return None
-        branches: list[Any] = [non_objects]
-        branches.extend({"type": "object", "properties": {name: False}} for name in required)
-        for name, sub in properties.items():
+        for name, sub in schema["properties"].items():
             negated = _negate(sub)
             if negated is None:
                 return None
             if negated is not False:
-                branches.append({"type": "object", "properties": {name: negated}, "required": [name]})
-        return {"anyOf": branches}
-    if keys in ({"const"}, {"enum"}, {"const", "type"}, {"enum", "type"}):
-        values = [schema["const"]] if "const" in schema else schema["enum"]
+                parts.append({"type": "object", "properties": {name: negated}, "required": [name]})
+        handled |= object_group
+    for key in sorted(keys - handled):
+        negated = _negate_keyword(key, schema[key])
+        if negated is None:
+            return None
+        if negated is not False:
+            parts.append(negated)
+    if not parts:
+        return False
+    return parts[0] if len(parts) == 1 else {"anyOf": parts}
+
+
+def _negate_keyword(key: str, value: Any) -> Any:
+    """The negation of the one-keyword schema ``{key: value}`` (None: not expressible)."""
+    number_bounds = {"minimum": "exclusiveMaximum", "exclusiveMinimum": "maximum", "maximum": "exclusiveMinimum", "exclusiveMaximum": "minimum"}
+    counts = {
+        "minLength": ("string", "maxLength"), "maxLength": ("string", "minLength"),
+        "minItems": ("array", "maxItems"), "maxItems": ("array", "minItems"),
+        "minProperties": ("object", "maxProperties"), "maxProperties": ("object", "minProperties"),
+    }  # fmt: skip
+    if key == "type":
+        listed = {value} if isinstance(value, str) else set(value)
+        if "integer" in listed and "number" not in listed:
+            return None  # non-integer numbers: not expressible here
+        others = [t for t in _TYPES if t not in listed and t != "integer"]
+        return {"type": others} if others else False
+    if key in ("const", "enum"):
+        values = [value] if key == "const" else value
         if not isinstance(values, list) or any(_json_type(v) not in ("null", "boolean", "string") for v in values):
             return None  # numbers have many spellings, containers many orders
-        types = schema.get("type")
-        listed = set(_TYPES) if types is None else {types} if isinstance(types, str) else set(types)
-        excluded = [v for v in values if _json_type(v) in listed]
-        return {"anyOf": [{"type": ["number", "array", "object"]}, {"type": ["null", "boolean", "string"], _NOT_ENUM: excluded}]}
+        return {"anyOf": [{"type": ["number", "array", "object"]}, {"type": ["null", "boolean", "string"], _NOT_ENUM: values}]}
+    if key in number_bounds and _numeric(value, 0):
+        return {"type": "number", number_bounds[key]: value}
+    if key in counts and isinstance(value, int) and not isinstance(value, bool):
+        kind, opposite = counts[key]
+        if key.startswith("min"):
+            return {"type": kind, opposite: value - 1} if value > 0 else False
+        return {"type": kind, opposite: value + 1}
+    if key == "required" and isinstance(value, list):
+        branches = [{"type": "object", "properties": {name: False}} for name in value]
+        return False if not branches else branches[0] if len(branches) == 1 else {"anyOf": branches}
+    if key == "pattern" and isinstance(value, str):
+        return {"type": "string", _NOT_PATTERN: [value]}
+    if key == "not":
+        return value if value is not True else {}
+    if key == "allOf" and isinstance(value, list):
+        negated = [_negate(v) for v in value]
+        if any(n is None for n in negated):
+            return None
+        kept = [n for n in negated if n is not False]
+        return False if not kept else {"anyOf": kept}
+    if key == "anyOf" and isinstance(value, list):
+        negated = [_negate(v) for v in value]
+        if any(n is None for n in negated):
+            return None
+        if any(n is False for n in negated):
+            return False
+        return {"allOf": negated}
     return None
 
 
@@ -1396,7 +1467,7 @@ def _merge_two(a: dict[str, Any], b: dict[str, Any], compiler: _Compiler, pointe
             out[key] = sorted(both)
         elif key == "required":
             out[key] = list(dict.fromkeys([*mine, *value]))
-        elif key == _NOT_ENUM:
+        elif key in (_NOT_ENUM, _NOT_PATTERN):
             out[key] = [*mine, *(v for v in value if v not in mine)]
         elif key in ("properties", "patternProperties"):
             merged = dict(mine)
