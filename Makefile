@@ -41,7 +41,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/gramspec generate --max-new-tokens 48 \
+	$(BIN)/gramspec generate --schema examples/cat.schema.json --max-new-tokens 64 \
 		'Give me a JSON object with the keys "name", "age" and "color" for a cat.'
 
 # pytest exits 5 when it collects no test: report it, but do not fail on it.

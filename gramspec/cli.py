@@ -46,8 +46,9 @@ def _add_generate(commands: Any) -> None:
     p = commands.add_parser(
         "generate",
         help="generate text from a prompt",
-        description="Generate a reply to PROMPT with the chat template applied. "
-        "The reply goes to stdout, timings to stderr.",
+        description="Generate a reply to PROMPT with the chat template applied, optionally "
+        "constrained by a JSON Schema, a Lark grammar or a regex. The reply goes to stdout; "
+        "timings and whether it validates (or was truncated) go to stderr.",
     )
     p.add_argument("prompt", help="the user message; '-' reads it from stdin")
     model = p.add_argument_group("model")
@@ -65,14 +66,50 @@ def _add_generate(commands: Any) -> None:
         "--temperature", type=_non_negative_float, default=0.0, help="0 means greedy decoding (default: 0)"
     )
     sampling.add_argument("--seed", type=int, default=0, help="random seed for sampling (default: 0)")
-    # Constraint options (--schema, --grammar, --regex) go in their own group
-    # here; _constraints() turns them into logits processors.
+    sampling.add_argument("--top-p", type=float, default=None, help="nucleus sampling (with --temperature)")
+    constraint = p.add_argument_group("constraint (at most one)").add_mutually_exclusive_group()
+    constraint.add_argument("--schema", metavar="FILE", help="JSON Schema file: the reply is JSON that validates")
+    constraint.add_argument("--grammar", metavar="FILE", help="Lark grammar file")
+    constraint.add_argument("--regex", metavar="PATTERN", help="regex the whole reply must match")
     p.set_defaults(run=_generate)
 
 
-def _constraints(args: argparse.Namespace, tokenizer: Any) -> list[Any]:
-    """Logits processors for the requested constraints (none yet: unconstrained)."""
-    return []
+def _constraint_source(args: argparse.Namespace) -> tuple[str, Any] | None:
+    """(kind, source) of the requested constraint, read from its file; None when unconstrained."""
+    import json
+    from pathlib import Path
+
+    if args.schema is not None:
+        try:
+            return "schema", json.loads(Path(args.schema).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise GramspecError(f"cannot read the schema file: {exc}") from exc
+        except ValueError as exc:
+            raise GramspecError(f"{args.schema} is not JSON: {exc}") from exc
+    if args.grammar is not None:
+        try:
+            return "grammar", Path(args.grammar).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise GramspecError(f"cannot read the grammar file: {exc}") from exc
+    if args.regex is not None:
+        return "regex", args.regex
+    return None
+
+
+def _constraints(args: argparse.Namespace, tokenizer: Any, model: Any = None) -> list[Any]:
+    """Logits processors for the requested constraint (empty when unconstrained)."""
+    found = _constraint_source(args)
+    if found is None:
+        return []
+    from gramspec.generation import _eos_ids, _model_vocab_size
+    from gramspec.plugins import GrammarLogitsProcessor, JSONSchemaLogitsProcessor, RegexLogitsProcessor
+
+    kind, source = found
+    cls = {"schema": JSONSchemaLogitsProcessor, "grammar": GrammarLogitsProcessor, "regex": RegexLogitsProcessor}[kind]
+    options: dict[str, Any] = {}
+    if model is not None:
+        options = {"vocab_size": _model_vocab_size(model), "eos_token_ids": _eos_ids(model, tokenizer)}
+    return [cls(source, tokenizer, **options)]
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -100,7 +137,8 @@ def _generate(args: argparse.Namespace) -> int:
 
     sampling: dict[str, Any] = {"do_sample": False}
     if args.temperature > 0:
-        sampling = {"do_sample": True, "temperature": args.temperature, "top_k": None, "top_p": None}
+        sampling = {"do_sample": True, "temperature": args.temperature, "top_k": None, "top_p": args.top_p}
+    processors = _constraints(args, tokenizer, model)
     torch.manual_seed(args.seed)
     start = time.perf_counter()
     with torch.inference_mode():
@@ -108,18 +146,33 @@ def _generate(args: argparse.Namespace) -> int:
             input_ids,
             attention_mask=torch.ones_like(input_ids),
             max_new_tokens=args.max_new_tokens,
-            logits_processor=_constraints(args, tokenizer),
+            logits_processor=processors,
             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
             **sampling,
         )
     gen_s = time.perf_counter() - start
 
     new_tokens = output[0, input_ids.shape[1] :]
-    print(tokenizer.decode(new_tokens, skip_special_tokens=True))
+    status = ""
+    truncated = False
+    if processors:
+        from gramspec.generation import validate
+
+        processor = processors[0]
+        eos = processor.grammar.vocab.eos_token_ids
+        text_tokens = [t for t in new_tokens.tolist() if t not in eos]
+        text = processor.grammar.vocab.decode(text_tokens).decode("utf-8", errors="replace")
+        kind, source = _constraint_source(args) or ("", None)
+        valid, _, error = validate(kind, source, text)
+        truncated = processor.truncated(output)[0]
+        status = "; truncated at --max-new-tokens" if truncated else ("; valid" if valid else f"; INVALID: {error}")
+    else:
+        text = tokenizer.decode(new_tokens, skip_special_tokens=True)
+    print(text)
     n = len(new_tokens)
     print(
         f"gramspec: model {args.model} loaded in {load_s:.1f} s; {input_ids.shape[1]} prompt tokens; "
-        f"{n} new tokens in {gen_s:.1f} s ({n / gen_s if gen_s > 0 else 0.0:.1f} tokens/s)",
+        f"{n} new tokens in {gen_s:.1f} s ({n / gen_s if gen_s > 0 else 0.0:.1f} tokens/s){status}",
         file=sys.stderr,
     )
     return 0
