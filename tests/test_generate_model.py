@@ -72,25 +72,24 @@ def schemas(smollm2: tuple[Any, Any]) -> list[tuple[str, Any]]:
 def test_maskbench_batch_validates_or_is_truncated(smollm2: tuple[Any, Any], schemas: Any, do_sample: bool) -> None:
     model, tokenizer = smollm2
     name, schema = schemas[0 if not do_sample else -1]  # one schema per mode keeps CI short
-    if True:
-        processor = JSONSchemaLogitsProcessor(schema, tokenizer)
-        messages = [[{"role": "user", "content": p}] for p in PROMPTS[:2]]
-        batch = tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True, padding=True
+    processor = JSONSchemaLogitsProcessor(schema, tokenizer)
+    messages = [[{"role": "user", "content": p}] for p in PROMPTS[:2]]
+    batch = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True, padding=True
+    )
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        out = model.generate(
+            **batch, logits_processor=[processor], max_new_tokens=32, do_sample=do_sample,
+            pad_token_id=tokenizer.pad_token_id,
+            **({"temperature": 0.8, "top_k": None, "top_p": None} if do_sample else {}),
         )
-        torch.manual_seed(0)
-        with torch.inference_mode():
-            out = model.generate(
-                **batch, logits_processor=[processor], max_new_tokens=32, do_sample=do_sample,
-                pad_token_id=tokenizer.pad_token_id,
-                **({"temperature": 0.8, "top_k": None, "top_p": None} if do_sample else {}),
-            )
-        vocab = processor.grammar.vocab
-        start = batch["input_ids"].shape[1]
-        for row, cut in zip(out[:, start:].tolist(), processor.truncated(out)):
-            text = vocab.decode(t for t in row if t not in vocab.eos_token_ids).decode("utf-8", errors="replace")
-            ok, _, error = validate("schema", schema, text)
-            assert ok or cut, f"{name}: {text!r} ({error})"
+    vocab = processor.grammar.vocab
+    start = batch["input_ids"].shape[1]
+    for row, cut in zip(out[:, start:].tolist(), processor.truncated(out)):
+        text = vocab.decode(t for t in row if t not in vocab.eos_token_ids).decode("utf-8", errors="replace")
+        ok, _, error = validate("schema", schema, text)
+        assert ok or cut, f"{name}: {text!r} ({error})"
 
 
 @pytest.mark.parametrize("temperature", [0.0, 0.8])
