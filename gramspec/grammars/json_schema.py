@@ -800,6 +800,10 @@ class _Compiler:
                     g.rule(symbol, *sep, extra, seq(False, n, nxt))
             return symbol
 
+        for i in range(n, -1, -1):  # from the end, so the recursion in seq stays shallow
+            for count in range(cap + 1):
+                seq(False, i, count)
+                seq(True, i, count)
         symbol = g.nonterminal(pointer + "/object")
         g.rule(symbol, self.punct("{"), seq(True, 0, 0), self.punct("}"))
         return symbol
@@ -936,6 +940,9 @@ class _Compiler:
                 g.rule(symbol, *sep, element, seq(False, min(j + 1, last), min(after, cap)))
             return symbol
 
+        for j in range(last, 0, -1):  # from the end, so the recursion in seq stays shallow
+            for count in range(cap + 1):
+                seq(False, j, count)
         symbol = g.nonterminal(pointer + "/array")
         g.rule(symbol, self.punct("["), seq(True, 0, 0), self.punct("]"))
         return symbol
