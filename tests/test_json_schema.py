@@ -166,6 +166,18 @@ SCHEMAS: list[tuple[dict[str, Any], list[Any], list[Any]]] = [
         [{"kind": "num", "v": "a"}, {"kind": "x", "v": 1}, {"v": 2}],
     ),
     (
+        {  # recursive definitions merged by allOf become a cycle of merged schemas
+            "$defs": {
+                "a": {"type": "object", "properties": {"x": {"$ref": "#/$defs/a"}}},
+                "b": {"properties": {"x": {"$ref": "#/$defs/b"}, "y": {"type": "integer", "multipleOf": 2}}},
+                "c": {"properties": {"y": {"multipleOf": 3}}},
+            },
+            "allOf": [{"$ref": "#/$defs/a"}, {"$ref": "#/$defs/b"}, {"$ref": "#/$defs/c"}],
+        },
+        [{"x": {"x": {"y": 6}}}, {}, {"y": -12}],
+        [{"x": {"x": {"y": "a"}}}, {"x": 1}, {"y": 4}, {"x": {"y": 9}}],
+    ),
+    (
         {"not": {"required": ["a"]}},  # non-objects satisfy "required", so "not" rejects them
         [{}, {"b": 1}],
         [{"a": 1}, 1, "x", None, []],

@@ -196,6 +196,7 @@ class _Compiler:
         self.dropped = _Dropped()
         self.memo: dict[int, Symbol] = {}
         self.keep_alive: list[Any] = []  # merged schemas, so ids in memo stay unique
+        self.merges: dict[tuple[bool, tuple[int, ...]], Any] = {}
         draft = str(root.get("$schema", "")) if isinstance(root, dict) else ""
         self.ref_siblings_ignored = any(d in draft for d in ("draft-04", "draft-06", "draft-07", "draft-03"))
         self._any: Symbol | None = None
@@ -386,6 +387,21 @@ class _Compiler:
         and items too.
         """
         self.check_time()
+        key = (container, tuple(id(s) for s in schemas))
+        if key in self.merges:  # recursive definitions merge into a cycle of merged schemas
+            return self.merges[key]
+        placeholder: dict[str, Any] = {}
+        self.merges[key] = placeholder
+        self.keep_alive.append((schemas, placeholder))
+        merged = self._merge(schemas, pointer, container)
+        if merged is False:
+            placeholder["not"] = {}  # whoever already holds it gets the false schema
+            self.merges[key] = False
+            return False
+        placeholder.update(merged)
+        return placeholder
+
+    def _merge(self, schemas: list[Any], pointer: str, container: bool) -> Any:
         flat: list[dict[str, Any]] = []
         for schema in schemas:
             schema = self.flatten(schema, pointer)
@@ -403,7 +419,6 @@ class _Compiler:
         if arrays is False:
             return False
         out.update(arrays)
-        self.keep_alive.append(out)
         return out
 
     def flatten(self, schema: Any, pointer: str) -> Any:
@@ -1474,6 +1489,8 @@ def _merge_two(a: dict[str, Any], b: dict[str, Any], compiler: _Compiler, pointe
             out[key] = sorted(both)
         elif key == "required":
             out[key] = list(dict.fromkeys([*mine, *value]))
+        elif key == "multipleOf" and all(isinstance(v, int) and not isinstance(v, bool) for v in (mine, value)):
+            out[key] = math.lcm(mine, value)
         elif key in (_NOT_ENUM, _NOT_PATTERN):
             out[key] = [*mine, *(v for v in value if v not in mine)]
         elif key in ("properties", "patternProperties"):
