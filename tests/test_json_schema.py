@@ -178,6 +178,11 @@ SCHEMAS: list[tuple[dict[str, Any], list[Any], list[Any]]] = [
         [{"x": {"x": {"y": "a"}}}, {"x": 1}, {"y": 4}, {"x": {"y": 9}}],
     ),
     (
+        {"oneOf": [{"type": "null"}, {"minimum": 3}, {"$ref": "#/$defs/short"}], "$defs": {"short": {"type": "string", "maxLength": 2}}},
+        [3, 4, 3.5, "abc", [], {}, True],  # "minimum" holds for every non-number
+        [1, 2, "ab", "a", None],
+    ),
+    (
         {"not": {"required": ["a"]}},  # non-objects satisfy "required", so "not" rejects them
         [{}, {"b": 1}],
         [{"a": 1}, 1, "x", None, []],
@@ -290,7 +295,7 @@ SCHEMA_ERRORS = [
     ({"$ref": "https://example.com/other.json"}, UnsupportedSchemaError, "at /$ref"),
     ({"type": "array", "items": {"type": "string"}, "uniqueItems": True}, UnsupportedSchemaError, "at /uniqueItems"),
     ({"type": "object", "properties": {"x": {"type": "string", "pattern": "a(?=b)c|^x"}}}, UnsupportedSchemaError, "/properties/x/pattern"),
-    ({"oneOf": [{"type": "integer"}, {"minimum": 3}]}, UnsupportedSchemaError, "at /oneOf"),
+    ({"oneOf": [{"type": "integer"}, {"format": "email"}]}, UnsupportedSchemaError, "at /oneOf"),
     ({"type": "number", "multipleOf": 0.1}, UnsupportedSchemaError, "at /multipleOf"),
     ({"allOf": [{"type": "string"}, {"type": "integer"}]}, SchemaError, "unsatisfiable"),
     ({"type": "string", "pattern": "[unclosed"}, SchemaError, "/pattern"),

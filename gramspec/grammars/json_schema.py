@@ -199,6 +199,12 @@ class _Compiler:
         self.merges: dict[tuple[bool, tuple[int, ...]], Any] = {}
         draft = str(root.get("$schema", "")) if isinstance(root, dict) else ""
         self.ref_siblings_ignored = any(d in draft for d in ("draft-04", "draft-06", "draft-07", "draft-03"))
+
+        def resolve_ref(ref: str) -> Any:  # for negations; they read ignores_siblings too
+            return self.resolve(ref, "")[0]
+
+        resolve_ref.ignores_siblings = self.ref_siblings_ignored  # type: ignore[attr-defined]
+        self.resolve_ref = resolve_ref
         self._any: Symbol | None = None
 
     # -- entry -----------------------------------------------------------------
@@ -311,7 +317,16 @@ class _Compiler:
                     raise SchemaError(f"{keyword} must be a non-empty array", pointer=f"{pointer}/{keyword}")
                 rest = {k: v for k, v in schema.items() if k != keyword}
                 if keyword == "oneOf" and not _pairwise_disjoint(branches, self):
-                    self.unsupported("oneOf", pointer, "branches may overlap (exactly-one cannot be enforced)")
+                    # exactly one: branch i and the negation of every other branch
+                    negations = [_negate(b, self.resolve_ref) for b in branches]  # type: ignore[arg-type]
+                    if any(n is None for n in negations) or any(_evaluation_clash(rest, n) for n in negations):
+                        self.unsupported("oneOf", pointer, "branches may overlap and some cannot be negated")
+                    else:
+                        for i, branch in enumerate(branches):
+                            others = [n for j, n in enumerate(negations) if j != i]
+                            branch_pointer = f"{pointer}/oneOf/{i}"
+                            yield self.value(self.merge([rest, branch, *others], branch_pointer), branch_pointer)
+                        return
                 for i, branch in enumerate(branches):
                     branch_pointer = f"{pointer}/{keyword}/{i}"
                     if _constraining(rest):
@@ -348,7 +363,7 @@ class _Compiler:
     def if_then_else(self, schema: dict[str, Any], pointer: str) -> Iterator[Symbol]:
         condition = schema["if"]
         rest = {k: v for k, v in schema.items() if k not in ("if", "then", "else")}
-        negated = _negate(condition)
+        negated = _negate(condition, self.resolve_ref)
         if negated is None:
             self.unsupported("if", pointer, "its negation is not expressible")
             yield self.value(rest, pointer)
@@ -364,7 +379,7 @@ class _Compiler:
 
     def apply_not(self, schema: dict[str, Any], pointer: str) -> dict[str, Any] | None:
         """``schema`` with its ``not`` turned into positive keywords; None if nothing is left."""
-        negated = _negate(schema["not"])
+        negated = _negate(schema["not"], self.resolve_ref)
         rest = {k: v for k, v in schema.items() if k != "not"}
         if negated is None:
             self.unsupported("not", pointer, "its negation is not expressible (see docs/json_schema.md)")
@@ -891,7 +906,7 @@ class _Compiler:
                 max_contains = _non_negative_int(schema["maxContains"], pointer + "/maxContains")
         negated = None
         if max_contains is not None:
-            negated = _negate(contains)
+            negated = _negate(contains, self.resolve_ref)
             if negated is None:  # items that do not match would need "not contains"
                 self.unsupported("maxContains", pointer, "the negation of contains is not expressible")
                 max_contains = None
@@ -1333,7 +1348,7 @@ def _disjoint(a: _Signature, b: _Signature) -> bool:
     return False
 
 
-def _negate(schema: Any) -> Any:
+def _negate(schema: Any, resolve: Any = None, depth: int = 0) -> Any:
     """A schema for "not ``schema``" (possibly ``False``), or None when there is no such form here.
 
     A schema is the conjunction of its keywords (those that depend on each
@@ -1347,11 +1362,16 @@ def _negate(schema: Any) -> Any:
         return False
     if schema is False:
         return {}
-    if not isinstance(schema, dict):
+    if not isinstance(schema, dict) or depth > 32:
         return None
     keys = {k for k in schema if k not in _ANNOTATIONS}
     if not keys:
         return False
+    if "$ref" in keys:  # not (target and siblings) = not target, or not siblings
+        if resolve is None:
+            return None
+        rest = {k: v for k, v in schema.items() if k != "$ref" and not getattr(resolve, "ignores_siblings", False)}
+        return _negate({"allOf": [resolve(schema["$ref"]), rest]}, resolve, depth + 1)
     parts: list[Any] = []
     handled: set[str] = set()
     object_group = keys & {"properties", "patternProperties", "additionalProperties"}
@@ -1359,14 +1379,14 @@ def _negate(schema: Any) -> Any:
         if object_group != {"properties"} or not isinstance(schema["properties"], dict):
             return None
         for name, sub in schema["properties"].items():
-            negated = _negate(sub)
+            negated = _negate(sub, resolve, depth + 1)
             if negated is None:
                 return None
             if negated is not False:
                 parts.append({"type": "object", "properties": {name: negated}, "required": [name]})
         handled |= object_group
     for key in sorted(keys - handled):
-        negated = _negate_keyword(key, schema[key])
+        negated = _negate_keyword(key, schema[key], resolve, depth + 1)
         if negated is None:
             return None
         if negated is not False:
@@ -1376,7 +1396,7 @@ def _negate(schema: Any) -> Any:
     return parts[0] if len(parts) == 1 else {"anyOf": parts}
 
 
-def _negate_keyword(key: str, value: Any) -> Any:
+def _negate_keyword(key: str, value: Any, resolve: Any = None, depth: int = 0) -> Any:
     """The negation of the one-keyword schema ``{key: value}`` (None: not expressible)."""
     number_bounds = {"minimum": "exclusiveMaximum", "exclusiveMinimum": "maximum", "maximum": "exclusiveMinimum", "exclusiveMaximum": "minimum"}
     counts = {
@@ -1410,13 +1430,13 @@ def _negate_keyword(key: str, value: Any) -> Any:
     if key == "not":
         return value if value is not True else {}
     if key == "allOf" and isinstance(value, list):
-        negated = [_negate(v) for v in value]
+        negated = [_negate(v, resolve, depth) for v in value]
         if any(n is None for n in negated):
             return None
         kept = [n for n in negated if n is not False]
         return False if not kept else {"anyOf": kept}
     if key == "anyOf" and isinstance(value, list):
-        negated = [_negate(v) for v in value]
+        negated = [_negate(v, resolve, depth) for v in value]
         if any(n is None for n in negated):
             return None
         if any(n is False for n in negated):
