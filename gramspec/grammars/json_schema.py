@@ -681,6 +681,10 @@ class _Compiler:
             re.compile(pattern)
         except re.error as exc:
             raise SchemaError(f"invalid pattern {pattern!r}: {exc}", pointer=pointer + "/pattern") from None
+        alternatives = _split_top_level(pattern)
+        if len(alternatives) > 1 and _has_anchor(pattern):  # anchors per alternative: ^a|b$
+            parts = [self.search_to_fullmatch(a, pointer) for a in alternatives]
+            return None if any(p is None for p in parts) else "|".join(f"(?:{p})" for p in parts)
         core, start, end = pattern, False, ""
         if core.startswith("^"):
             core, start = core[1:], True
@@ -1038,6 +1042,35 @@ def _has_anchor(pattern: str) -> bool:
         return False
 
     return walk(sre_parse.parse(pattern))
+
+
+def _split_top_level(pattern: str) -> list[str]:
+    """``pattern`` split at its top-level ``|`` (outside groups and classes)."""
+    parts, depth, in_class, i, start = [], 0, False, 0, 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if in_class:
+            if ch == "]":
+                in_class = False
+        elif ch == "[":
+            in_class = True
+            if pattern[i + 1 : i + 2] == "^":
+                i += 1
+            if pattern[i + 1 : i + 2] == "]":
+                i += 1
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "|" and depth == 0:
+            parts.append(pattern[start:i])
+            start = i + 1
+        i += 1
+    parts.append(pattern[start:])
+    return parts
 
 
 def _top_level_branch(pattern: str) -> bool:
