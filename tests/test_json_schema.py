@@ -204,6 +204,16 @@ SCHEMAS: list[tuple[dict[str, Any], list[Any], list[Any]]] = [
         [1, 2, "ab", "a", None],
     ),
     (
+        {"type": "object", "properties": {"a": {}, "b": {}, "c": {}}, "dependentRequired": {"c": ["a"], "a": ["b"], "d": ["c"]}},
+        [{}, {"b": 1}, {"a": 1, "b": 1}, {"a": 1, "b": 1, "c": 1}, {"a": 1, "b": 2, "c": 3, "d": 4}],
+        [{"a": 1}, {"b": 1, "c": 1}, {"c": 1}, {"d": 1}, {"b": 1, "c": 1, "d": 1}],
+    ),
+    (
+        {"$schema": "http://json-schema.org/draft-07/schema#", "properties": {"x": {"type": "integer"}}, "dependencies": {"x": ["y"]}},
+        [{}, {"y": 1}, {"x": 1, "y": 1}, 3],
+        [{"x": 1}, {"x": "a", "y": 1}],
+    ),
+    (
         {"not": {"required": ["a"]}},  # non-objects satisfy "required", so "not" rejects them
         [{}, {"b": 1}],
         [{"a": 1}, 1, "x", None, []],

@@ -752,11 +752,19 @@ class _Compiler:
         dependencies = schema.get("dependentRequired") or {
             k: v for k, v in (schema.get("dependencies") or {}).items() if isinstance(v, list)
         }
-        if dependencies:
-            self.unsupported("dependentRequired", pointer)
+        if not isinstance(dependencies, dict) or not all(
+            isinstance(v, list) and all(isinstance(x, str) for x in v) for v in dependencies.values()
+        ):
+            raise SchemaError("dependentRequired must map names to arrays of names", pointer=pointer + "/dependentRequired")
+        dependents = {t: set(v) - {t} for t, v in dependencies.items() if set(v) - {t}}
+        relevant = set(dependents) | {d for v in dependents.values() for d in v}
+        if len(relevant) > 10:
+            self.unsupported("dependentRequired", pointer, "more than 10 names take part")
+            dependents, relevant = {}, set()
         patterns = schema.get("patternProperties", {}) or {}
         additional = schema.get("additionalProperties", schema.get("unevaluatedProperties", True))
         names = list(properties) + [r for r in dict.fromkeys(required) if r not in properties]
+        names += [d for d in sorted(relevant) if d not in names]  # every name that takes part gets a slot
         required_set = set(required)
         min_props = _non_negative_int(schema.get("minProperties", 0), pointer + "/minProperties")
         max_props = schema.get("maxProperties")
@@ -775,7 +783,7 @@ class _Compiler:
                 parts.append(additional)
             return parts[0] if len(parts) == 1 else self.merge(parts, f"{pointer}/properties/{_pointer_escape(name)}")
 
-        entries: list[tuple[Symbol, bool]] = []
+        entries: list[tuple[Symbol, bool, str]] = []
         for name in names:
             if name_filter not in (None, True) and not _name_allowed(name, name_filter, self):
                 if name in required_set:
@@ -789,14 +797,22 @@ class _Compiler:
             kv = g.nonterminal(f"{pointer}/properties/{name}")
             value_pointer = f"{pointer}/properties/{_pointer_escape(name)}"
             g.rule(kv, self.string_terminal((re.escape(name),), 0, None), self.punct(":"), self.value(sub, value_pointer))
-            entries.append((kv, name in required_set))
+            entries.append((kv, name in required_set, name))
+        position = {name: i for i, (_, _, name) in enumerate(entries)}
+        # a trigger may appear only if its dependents that come before it did (those after are
+        # enforced when they are skipped); a dependent that cannot appear rules the trigger out
+        allowed_with: dict[int, frozenset[str] | None] = {}
+        for i, (_, _, name) in enumerate(entries):
+            if name in dependents:
+                needed = dependents[name]
+                allowed_with[i] = None if needed - position.keys() else frozenset(d for d in needed if position[d] < i)
 
         extra = self.extra_properties(names, patterns, additional, name_filter, pointer)
         cap = max_props if max_props is not None else min_props
         if cap > DEFAULT_MAX_UNROLL:
             raise LimitError(f"minProperties/maxProperties {cap} is over the limit of {DEFAULT_MAX_UNROLL}", )
         n = len(entries)
-        memo: dict[tuple[str, int, int], Symbol] = {}
+        memo: dict[tuple[str, int, int, frozenset[str]], Symbol] = {}
         left_tail: list[Symbol] = []
 
         def tail_list() -> Symbol:
@@ -809,21 +825,23 @@ class _Compiler:
                 left_tail.append(symbol)
             return left_tail[0]
 
-        def seq(first: bool, i: int, count: int) -> Symbol:
-            key = ("F" if first else "R", i, count)
+        def seq(first: bool, i: int, count: int, present: frozenset[str] = frozenset()) -> Symbol:
+            key = ("F" if first else "R", i, count, present)
             found = memo.get(key)
             if found is not None:
                 return found
-            symbol = g.nonterminal(f"{pointer}/{key}")
+            symbol = g.nonterminal(f"{pointer}/{key[:3]}")
             memo[key] = symbol
             nxt = min(count + 1, cap) if max_props is None else count + 1
             sep = () if first else (self.punct(","),)
             if i < n:
-                kv, is_required = entries[i]
-                if max_props is None or count + 1 <= max_props:
-                    g.rule(symbol, *sep, kv, seq(False, i + 1, nxt))
-                if not is_required:
-                    g.rule(symbol, seq(first, i + 1, count))
+                kv, is_required, name = entries[i]
+                needed = allowed_with.get(i, frozenset())
+                if (max_props is None or count + 1 <= max_props) and needed is not None and needed <= present:
+                    g.rule(symbol, *sep, kv, seq(False, i + 1, nxt, present | {name} if name in relevant else present))
+                demanded = any(name in dependents.get(t, ()) for t in present)
+                if not is_required and not demanded:
+                    g.rule(symbol, seq(first, i + 1, count, present))
                 return symbol
             if count >= min_props:
                 g.rule(symbol)
@@ -834,7 +852,7 @@ class _Compiler:
                     g.rule(symbol, *sep, extra, seq(False, n, nxt))
             return symbol
 
-        for i in range(n, -1, -1):  # from the end, so the recursion in seq stays shallow
+        for i in range(n, -1, -1) if not dependents else ():  # from the end: shallow recursion
             for count in range(cap + 1):
                 seq(False, i, count)
                 seq(True, i, count)
