@@ -425,40 +425,77 @@ def json_string_dfa(
 def _counted_json_chars(min_length: int, max_length: int | None, *, max_states: int) -> ByteDFA:
     """A JSON string literal of ``min_length`` to ``max_length`` characters (any characters).
 
-    Built by stacking copies of a one-character block with numpy, so long
-    bounds (``maxLength: 4096``) cost milliseconds."""
+    The automaton is copies of a one-character block, one per character
+    counted; its rows are computed on demand (:class:`_CountedRows`), so even
+    ``maxLength: 65535`` costs nothing until text reaches it."""
+    if max_length is not None and max_length > _MAX_COUNTED_CHARACTERS:
+        raise LimitError(f"maxLength {max_length} is over the limit of {_MAX_COUNTED_CHARACTERS}")
     full = [(0, 0xD7FF, 1), (0xE000, _MAX_UNICODE, 1)]
     block = chars_to_bytes([full, []], 0, {1}, json_string=True, quotes=False)
-    exit_state = int(np.flatnonzero(block.accepting)[0])
-    inner = [s for s in range(block.n_states) if s != exit_state]  # the start (0) comes first
-    k = len(inner)
-    index = np.full(block.n_states + 1, -1, dtype=np.int64)
-    index[inner] = np.arange(k)
-    copies = max_length if max_length is not None else min_length + 1
-    n_states = copies * k + 3  # + the entry after the last copy, the opening and the closing quote
-    if n_states > max_states:
-        raise LimitError(f"a string of up to {max_length} characters needs {n_states} states (limit {max_states})")
-    rows = block.transitions[inner]  # [k, 256]
-    offsets = (np.arange(copies, dtype=np.int64) * k)[:, None, None]
-    to_exit = rows == exit_state
-    table = np.where(rows < 0, -1, index[np.clip(rows, 0, None)] + offsets)
-    table = np.where(to_exit, offsets + k, table)  # leaving copy c enters copy c + 1
-    if max_length is None:  # the last copy loops: any number of further characters
-        table[-1][to_exit] = (copies - 1) * k
-    body = table.reshape(copies * k, 256)
-    last_entry = copies * k
-    closing, opening = last_entry + 1, last_entry + 2
-    transitions = np.full((n_states, 256), -1, dtype=np.int64)
-    transitions[: copies * k] = body
-    transitions[opening, 0x22] = 0
-    entries = [c * k for c in range(copies)] + ([last_entry] if max_length is not None else [])
-    for count, entry in enumerate(entries):
-        if count >= min_length:
-            transitions[entry, 0x22] = closing
-    accepting = np.zeros(n_states, dtype=bool)
-    accepting[closing] = True
-    # already trim: every state is reachable and can still reach the closing quote
-    return ByteDFA(np.ascontiguousarray(transitions, dtype=np.int32), accepting, start=opening)
+    rows = _CountedRows(block, min_length, max_length)
+    return ByteDFA(rows, _OnlyAccepting(rows.closing), start=rows.opening)  # type: ignore[arg-type]
+
+
+_MAX_COUNTED_CHARACTERS = 10_000_000
+
+
+class _CountedRows:
+    """Transition rows of "a quote, counted characters, a quote", computed on demand.
+
+    State ``c * k + s`` is state ``s`` of the one-character block after ``c``
+    characters; leaving the block enters copy ``c + 1`` (the last copy loops
+    when there is no upper bound)."""
+
+    def __init__(self, block: ByteDFA, min_length: int, max_length: int | None) -> None:
+        exit_state = int(np.flatnonzero(block.accepting)[0])
+        inner = [s for s in range(block.n_states) if s != exit_state]  # the start (0) comes first
+        index = np.full(block.n_states + 1, -1, dtype=np.int64)
+        index[inner] = np.arange(len(inner))
+        raw = block.transitions[inner]
+        self.local = np.where(raw == exit_state, -2, np.where(raw < 0, -1, index[np.clip(raw, 0, None)]))
+        self.k = len(inner)
+        self.min_length, self.max_length = min_length, max_length
+        self.copies = max_length if max_length is not None else min_length + 1
+        self.last_entry = self.copies * self.k  # the entry after max_length characters
+        self.closing, self.opening = self.last_entry + 1, self.last_entry + 2
+        self.shape = (self.last_entry + 3, 256)
+
+    def row(self, state: int) -> np.ndarray:
+        out = np.full(256, -1, dtype=np.int32)
+        if state == self.opening:
+            out[0x22] = 0
+            return out
+        if state == self.closing:
+            return out
+        if state == self.last_entry:
+            if self.max_length is not None and self.max_length >= self.min_length:
+                out[0x22] = self.closing
+            return out
+        copy, sub = divmod(state, self.k)
+        local = self.local[sub]
+        following = copy + 1 if copy + 1 < self.copies or self.max_length is not None else copy
+        out[:] = np.where(local == -2, following * self.k, np.where(local < 0, -1, local + copy * self.k))
+        if sub == 0 and copy >= self.min_length:
+            out[0x22] = self.closing
+        return out
+
+    def __getitem__(self, key: int | tuple[int, int]) -> np.ndarray | int:
+        if isinstance(key, tuple):
+            return int(self.row(int(key[0]))[key[1]])
+        return self.row(int(key))
+
+
+class _OnlyAccepting:
+    """The accepting flags of a DFA whose only accepting state is ``state``."""
+
+    def __init__(self, state: int) -> None:
+        self.state = state
+
+    def __getitem__(self, state: int) -> bool:
+        return state == self.state
+
+    def any(self) -> bool:
+        return True
 
 
 def intersect(a: ByteDFA, b: ByteDFA, *, max_states: int = DEFAULT_MAX_DFA_STATES) -> ByteDFA:
