@@ -1584,7 +1584,7 @@ def _merge_two(a: dict[str, Any], b: dict[str, Any], compiler: _Compiler, pointe
         elif key in ("anyOf", "oneOf"):
             out["allOf"] = [*out.get("allOf", []), {key: value}]
         elif key == "pattern":
-            out[key] = [*(mine if isinstance(mine, list) else [mine]), value]
+            out[key] = [*(mine if isinstance(mine, list) else [mine]), *(value if isinstance(value, list) else [value])]
         elif key in ("items", "additionalProperties", "contains", "propertyNames", "not") and not isinstance(value, list) and not isinstance(mine, list):
             if key == "not":
                 out[key] = {"anyOf": [mine, value]}
