@@ -603,6 +603,18 @@ def test_token_level_agrees_with_bytes_on_the_suite(draft: str, suite_run: Any) 
     assert not mismatches, f"token-by-token matching disagrees with accepts_bytes: {mismatches}"
 
 
+@pytest.mark.model
+def test_token_level_agrees_with_bytes_with_smollm2(compile_json_schema: Any, vocab_for: Any) -> None:
+    """The Test Suite token by token through SmolLM2's vocabulary (the Llama-3 one runs above)."""
+    require(c.suite_dir() / "draft2020-12")
+    options = CheckOptions(token_sample=1, time_limit=60)
+    results = c.run_test_suite("draft2020-12", vocab_for("smollm2"), compile_fn=compile_json_schema, options=options)
+    mismatches = {k: r["token_mismatches"] for k, r in results["groups"].items() if r.get("token_mismatches")}
+    assert results["totals"]["token_checked"] > 100
+    assert not mismatches, f"token-by-token matching disagrees with accepts_bytes: {mismatches}"
+    assert results["totals"]["invalid_accepted"] == 0
+
+
 def test_token_level_agrees_with_bytes_on_maskbench(maskbench_run: dict[str, Any]) -> None:
     mismatches = {k: r["token_mismatches"] for k, r in maskbench_run["schemas"].items() if r.get("token_mismatches")}
     assert maskbench_run["totals"]["token_checked"] > 20

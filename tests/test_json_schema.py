@@ -443,3 +443,16 @@ def test_one_of_with_closed_objects_is_exact() -> None:
     # 1 and 1.0 are the same JSON number, so these branches overlap
     with pytest.raises(UnsupportedSchemaError):
         compile_json_schema({"oneOf": [{"const": 1}, {"const": 1.0}]}, BYTE_VOCAB)
+
+
+def test_if_then_else_act_within_their_own_schema_under_all_of() -> None:
+    schema = {"allOf": [{"if": {"exclusiveMaximum": 0}}, {"then": {"minimum": -10}}, {"else": {"multipleOf": 2}}]}
+    grammar = compile_json_schema(schema, BYTE_VOCAB)
+    for instance in [-100, 3, 0, "x"]:  # every instance is valid: no if/then/else pair shares a schema
+        assert validator(schema).is_valid(instance)
+        assert grammar.accepts_bytes(compact(instance)), instance
+    paired = {"allOf": [{"if": {"type": "string"}, "then": {"maxLength": 1}}, {"type": ["string", "integer"]}]}
+    grammar = compile_json_schema(paired, BYTE_VOCAB)
+    for instance, valid in [("a", True), ("ab", False), (5, True), (None, False)]:
+        assert validator(paired).is_valid(instance) == valid
+        assert grammar.accepts_bytes(compact(instance)) == valid, instance

@@ -64,6 +64,7 @@ _ARRAY_KEYS = frozenset(
 _NOT_ENUM = "x-gramspec-not-enum"
 # Internal keyword: patterns (search semantics) a string must not match (what `not: {pattern: ...}` becomes).
 _NOT_PATTERN = "x-gramspec-not-pattern"
+_CONDITIONAL = frozenset({"if", "then", "else"})
 _STRUCTURAL = frozenset(
     {"properties", "patternProperties", "additionalProperties", "unevaluatedProperties",
      "items", "prefixItems", "additionalItems", "unevaluatedItems"}
@@ -425,10 +426,21 @@ class _Compiler:
             flat.append(schema)
         out: dict[str, Any] = {}
         for schema in flat:
-            plain = {k: v for k, v in schema.items() if k not in _STRUCTURAL}
+            plain = {k: v for k, v in schema.items() if k not in _STRUCTURAL | _CONDITIONAL}
             out = _merge_two(out, plain, self, pointer)
             if out is False:
                 return False
+            # if/then/else act within their own schema: as (if and then) or (not if and else)
+            if "if" in schema and ("then" in schema or "else" in schema):
+                negated = _negate(schema["if"], self.resolve_ref)
+                if negated is None or _evaluation_clash(flat[0], negated):
+                    self.unsupported("if", pointer, "its negation is not expressible")
+                    continue
+                branches = [
+                    self.merge([schema["if"], schema.get("then", True)], pointer + "/then", container=False),
+                    self.merge([negated, schema.get("else", True)], pointer + "/else", container=False),
+                ]
+                out = _merge_two(out, {"anyOf": [b for b in branches if b is not False] or [False]}, self, pointer)
         out.update(self.merge_objects(flat, pointer, container))
         arrays = self.merge_arrays(flat, pointer, container)
         if arrays is False:
