@@ -229,3 +229,29 @@ def test_validate_oracles() -> None:
     assert not validate("schema", {"type": "string", "format": "email"}, '"nope"')[0]  # formats are checked
     assert validate("grammar", LARK, "(ab,(c))")[0] and not validate("grammar", LARK, "(ab,")[0]
     assert validate("regex", REGEX, "12.5 kg")[0] and not validate("regex", REGEX, "12.5kg")[0]
+
+
+@pytest.mark.parametrize("kind", sorted(CONSTRAINTS))
+def test_processor_assume_greedy_gives_the_full_mask_tokens(model: Any, tokenizer: Any, kind: str) -> None:
+    full = make_processor(kind, tokenizer)
+    fast = make_processor(kind, tokenizer, assume_greedy=True)
+    out_full, start = run_generate(model, tokenizer, full, do_sample=False, max_new_tokens=24)
+    out_fast, _ = run_generate(model, tokenizer, fast, do_sample=False, max_new_tokens=24)
+    assert out_fast.tolist() == out_full.tolist()
+    assert full.fast_path_hits == 0 and full.full_masks > 0
+    assert fast.fast_path_hits > 0 and fast.full_masks < full.full_masks
+    assert fast.truncated(out_fast) == full.truncated(out_full)
+    check_outputs(fast, kind, out_fast, start)
+
+
+def test_processor_assume_greedy_row_keeps_only_the_argmax(tokenizer: Any) -> None:
+    processor = RegexLogitsProcessor("[0-9]+", tokenizer, assume_greedy=True)
+    allowed = tokenizer.convert_tokens_to_ids("7")
+    scores = torch.zeros(2, len(tokenizer))
+    scores[0, allowed] = 5.0  # allowed argmax: fast path, only that token stays
+    scores[1, tokenizer.convert_tokens_to_ids("x")] = 5.0  # rejected argmax: the full mask
+    out = processor(torch.zeros(2, 3, dtype=torch.long), scores)
+    assert torch.isfinite(out[0]).nonzero().flatten().tolist() == [allowed]
+    assert out[0, allowed] == 5.0
+    assert torch.isfinite(out[1]).sum() > 1 and not torch.isfinite(out[1, tokenizer.convert_tokens_to_ids("x")])
+    assert (processor.fast_path_hits, processor.full_masks) == (1, 1)

@@ -95,8 +95,15 @@ _REJECTED = object()  # a row whose tokens left the grammar (another processor f
 class GrammarConstraintLogitsProcessor(LogitsProcessor):
     """Masks every row of ``scores`` to the tokens ``grammar`` allows after that row's generated tokens."""
 
-    def __init__(self, grammar: CompiledGrammar) -> None:
+    def __init__(self, grammar: CompiledGrammar, *, assume_greedy: bool = False) -> None:
         self.grammar = grammar
+        #: Greedy fast path: a row whose argmax the grammar allows gets a one-token mask
+        #: (that token only) instead of the full mask. Only for callers that decode
+        #: greedily (``do_sample=False``, ``num_beams=1``): a LogitsProcessor cannot tell.
+        self.assume_greedy = assume_greedy
+        #: Rows that needed the full mask / took the greedy fast path (whole lifetime).
+        self.full_masks = 0
+        self.fast_path_hits = 0
         self._eos = np.array(sorted(grammar.vocab.eos_token_ids), dtype=np.int64)
         if not self._eos.size:
             raise ValueError("the vocabulary has no EOS token id: generation could never stop at the end of the text")
@@ -127,11 +134,23 @@ class GrammarConstraintLogitsProcessor(LogitsProcessor):
         states: dict[tuple[int, ...], Matcher | object] = {}
         bitmask = np.zeros((len(keys), self._words), dtype=np.int32)
         self.rejected_rows = set()
+        argmax = finite = None
+        if self.assume_greedy:
+            values, indices = scores.max(dim=-1)
+            argmax, finite = indices.tolist(), torch.isfinite(values).tolist()
         for row, key in enumerate(keys):
             state = states.get(key)
             if state is None:
                 state = states[key] = self._derive(key, children)
             if isinstance(state, Matcher) and not state.is_terminated():
+                if argmax is not None:
+                    token = argmax[row]
+                    if finite[row] and token < self.grammar.vocab.size and state.is_allowed(token):
+                        # the greedy choice of the full-mask path: the overall argmax is allowed
+                        bitmask[row, token >> 5] = np.uint32(1 << (token & 31)).view(np.int32)
+                        self.fast_path_hits += 1
+                        continue
+                self.full_masks += 1
                 state.fill_mask(bitmask, row)
             else:  # finished (or rejected): EOS only, so the row can be padded
                 if state is _REJECTED:
@@ -192,7 +211,11 @@ class JSONSchemaLogitsProcessor(GrammarConstraintLogitsProcessor):
 
     ``vocab_size``: the model's number of logits if it differs from
     ``len(tokenizer)``; ``eos_token_ids``: the ids that end generation
-    (default: the tokenizer's EOS); other keywords go to ``compile_json_schema``.
+    (default: the tokenizer's EOS); ``assume_greedy=True``: the caller decodes
+    greedily (``do_sample=False``, one beam), so a row whose argmax the grammar
+    allows gets only that token instead of the full mask (same tokens, fewer
+    masks; wrong for sampling and beam search); other keywords go to
+    ``compile_json_schema``.
     """
 
     def __init__(
@@ -202,11 +225,12 @@ class JSONSchemaLogitsProcessor(GrammarConstraintLogitsProcessor):
         *,
         vocab_size: int | None = None,
         eos_token_ids: Iterable[int] | None = None,
+        assume_greedy: bool = False,
         **compile_options: Any,
     ) -> None:
         self.schema = schema
         vocab = _vocab_args(tokenizer, vocab_size, eos_token_ids)
-        super().__init__(compile_constraint("schema", schema, vocab, **compile_options))
+        super().__init__(compile_constraint("schema", schema, vocab, **compile_options), assume_greedy=assume_greedy)
 
 
 class GrammarLogitsProcessor(GrammarConstraintLogitsProcessor):
@@ -219,11 +243,12 @@ class GrammarLogitsProcessor(GrammarConstraintLogitsProcessor):
         *,
         vocab_size: int | None = None,
         eos_token_ids: Iterable[int] | None = None,
+        assume_greedy: bool = False,
         **compile_options: Any,
     ) -> None:
         self.lark_text = lark_text
         vocab = _vocab_args(tokenizer, vocab_size, eos_token_ids)
-        super().__init__(compile_constraint("grammar", lark_text, vocab, **compile_options))
+        super().__init__(compile_constraint("grammar", lark_text, vocab, **compile_options), assume_greedy=assume_greedy)
 
 
 class RegexLogitsProcessor(GrammarConstraintLogitsProcessor):
@@ -236,8 +261,9 @@ class RegexLogitsProcessor(GrammarConstraintLogitsProcessor):
         *,
         vocab_size: int | None = None,
         eos_token_ids: Iterable[int] | None = None,
+        assume_greedy: bool = False,
         **compile_options: Any,
     ) -> None:
         self.pattern = pattern
         vocab = _vocab_args(tokenizer, vocab_size, eos_token_ids)
-        super().__init__(compile_constraint("regex", pattern, vocab, **compile_options))
+        super().__init__(compile_constraint("regex", pattern, vocab, **compile_options), assume_greedy=assume_greedy)
