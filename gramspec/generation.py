@@ -48,6 +48,8 @@ class GenerationResult:
     error: str | None = None
     prompt_tokens: int = 0
     seconds: float = 0.0
+    #: full_masks / fast_path_hits (opportunistic masking), pipeline_us (choosing and
+    #: advancing, forward passes excluded), first_token_us (prompt forward + first token)
     stats: dict[str, int] = field(default_factory=dict)
 
     def __str__(self) -> str:
@@ -129,17 +131,23 @@ def generate(
     device = next(model.parameters()).device
     tokens: list[int] = []
     finish: FinishReason = "length"
-    start = time.perf_counter()
+    pipeline_ns = 0  # time choosing and advancing (warpers, mask, sampler), without the forward passes
+    first_token_ns: int | None = None  # prompt forward + first choice
+    start, start_ns = time.perf_counter(), time.perf_counter_ns()
     with torch.inference_mode():
         past = None
         step_input = torch.tensor([prompt_ids], dtype=torch.long, device=device)
         for _ in range(max_new_tokens):
             out = model(input_ids=step_input, past_key_values=past, use_cache=True)
             past = out.past_key_values
+            chose_at = time.perf_counter_ns()
             token = pipeline.choose(out.logits[0, -1], generator=generator, greedy=greedy)
             if not pipeline.advance(token):  # cannot happen with an exact mask
                 raise AssertionError(f"the pipeline chose token {token} and then rejected it")
+            pipeline_ns += time.perf_counter_ns() - chose_at
             tokens.append(token)
+            if first_token_ns is None:
+                first_token_ns = time.perf_counter_ns() - start_ns
             if token in eos_ids:
                 finish = "eos"
                 break
@@ -160,7 +168,12 @@ def generate(
         valid=True,
         prompt_tokens=len(prompt_ids),
         seconds=seconds,
-        stats={"full_masks": pipeline.full_masks, "fast_path_hits": pipeline.fast_path_hits},
+        stats={
+            "full_masks": pipeline.full_masks,
+            "fast_path_hits": pipeline.fast_path_hits,
+            "pipeline_us": pipeline_ns // 1000,
+            "first_token_us": (first_token_ns or 0) // 1000,
+        },
     )
     if kind is not None:
         result.valid, result.json, result.error = validate(kind, given[kind], text)
