@@ -331,6 +331,10 @@ SCHEMA_ERRORS = [
     ({"allOf": [{"type": "string"}, {"type": "integer"}]}, SchemaError, "unsatisfiable"),
     ({"type": "string", "pattern": "[unclosed"}, SchemaError, "/pattern"),
     ("{not json", SchemaError, "not valid JSON"),
+    ({"type": "object", "properties": {"a": {"items": 3}}}, SchemaError, "at /properties/a/items"),
+    ({"patternProperties": "x"}, SchemaError, "at /patternProperties"),
+    ({"$schema": -1}, SchemaError, "at /$schema"),
+    ({"allOf": [{"$ref": []}]}, SchemaError, "at /allOf/0/$ref"),
     (42, SchemaError, "must be an object or a boolean"),
 ]
 
@@ -419,10 +423,8 @@ def test_number_ranges(lo: float | None, lo_strict: bool, hi: float | None, hi_s
 
 
 def test_compile_time_is_bounded() -> None:
-    # 60 nested objects of 40 properties each, all distinct: far more work than 0.05 s allows
-    schema: dict[str, Any] = {"type": "string"}
-    for depth in range(60):
-        schema = {"type": "object", "properties": {f"p{depth}_{i}": schema for i in range(40)}}
+    # 300 properties, each with its own pattern: far more work than 0.05 s allows
+    schema = {"type": "object", "properties": {f"p{i}": {"type": "string", "pattern": f"^a{i}b+$"} for i in range(300)}}
     with pytest.raises(LimitError, match="max_seconds"):
         compile_json_schema(schema, BYTE_VOCAB, max_seconds=0.05)
     with pytest.raises(ValueError, match="max_seconds"):
@@ -456,3 +458,29 @@ def test_if_then_else_act_within_their_own_schema_under_all_of() -> None:
     for instance, valid in [("a", True), ("ab", False), (5, True), (None, False)]:
         assert validator(paired).is_valid(instance) == valid
         assert grammar.accepts_bytes(compact(instance)) == valid, instance
+
+
+def test_mutated_real_schemas_never_crash() -> None:
+    """Malformed schemas (keywords given values of the wrong kind) are typed errors, never crashes."""
+    rng = random.Random(11)
+    junk: list[Any] = [None, 1, -1, 2.5, "x", "", [], {}, [1, "a"], {"a": 1}, True, False, {"type": 3}, "^(", {"$ref": "#/nope"}]
+
+    def mutate(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: rng.choice(junk) if rng.random() < 0.08 else mutate(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [mutate(v) for v in node]
+        return node
+
+    tried = 0
+    for path in _maskbench_sample(40)[:20]:
+        schema = json.loads(path.read_text())["schema"]
+        for _ in range(3):
+            tried += 1
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    compile_json_schema(mutate(schema), BYTE_VOCAB, strict=rng.random() < 0.5, max_seconds=2)
+            except (SchemaError, LimitError):
+                pass
+    assert tried == 60

@@ -155,6 +155,7 @@ def json_schema_spec(
     if not isinstance(max_whitespace, int) or not 0 <= max_whitespace <= 64:
         raise ValueError(f"max_whitespace must be an int from 0 to 64, not {max_whitespace!r}")
     root = _load(schema)
+    _check_against_metaschema(root)
     compiler = _Compiler(root, whitespace=whitespace, strict=strict, max_whitespace=max_whitespace, max_seconds=max_seconds)
     try:
         spec = compiler.build()
@@ -177,6 +178,36 @@ def _load(schema: object) -> Any:
     if not isinstance(schema, (dict, bool)):
         raise SchemaError(f"a schema must be an object or a boolean, not {type(schema).__name__}")
     return schema
+
+
+def _check_against_metaschema(root: Any) -> None:
+    """Malformed schemas (a keyword with a value of the wrong kind) fail here, with the pointer."""
+    if isinstance(root, dict) and "$schema" in root and not isinstance(root["$schema"], str):
+        raise SchemaError("$schema must be a string (a URI)", pointer="/$schema")
+    if _shares_subschemas(root):
+        return  # a DAG built in Python: validating it as a tree could take exponential time
+    cls = jsonschema.validators.validator_for(root, default=jsonschema.Draft202012Validator)
+    try:
+        cls.check_schema(root)
+    except jsonschema.exceptions.SchemaError as exc:
+        where = "".join(f"/{_pointer_escape(str(p))}" for p in exc.path)
+        raise SchemaError(f"malformed schema: {exc.message}", pointer=where) from None
+    except RecursionError:
+        raise LimitError("schema is nested too deeply") from None
+
+
+def _shares_subschemas(root: Any) -> bool:
+    """Whether some dict or list occurs twice in ``root`` (never the case for parsed JSON)."""
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (dict, list)):
+            if id(node) in seen:
+                return True
+            seen.add(id(node))
+            stack.extend(node.values() if isinstance(node, dict) else node)
+    return False
 
 
 def _pointer_escape(part: str) -> str:
