@@ -484,3 +484,14 @@ def test_mutated_real_schemas_never_crash() -> None:
             except (SchemaError, LimitError):
                 pass
     assert tried == 60
+
+
+def test_known_strings_have_one_spelling_free_strings_any() -> None:
+    schema = {"type": "object", "properties": {"na\u00efve": {"enum": ["caf\u00e9", "a\"b"]}, "free": {"type": "string"}}}
+    grammar = compile_json_schema(schema, BYTE_VOCAB)
+    assert grammar.accepts_bytes('{"na\u00efve":"caf\u00e9"}'.encode())
+    assert grammar.accepts_bytes(b'{"na\\u00efve":"caf\\u00e9"}') is False  # escaped key and value
+    assert grammar.accepts_bytes(b'{"na\xc3\xafve":"a\\"b"}')  # what JSON requires is still escaped
+    assert grammar.accepts_bytes(b'{"free":"caf\\u00e9 \\n \\ud83d\\ude00"}')
+    # the escaped spelling of a listed name is not an "additional" property either
+    assert not grammar.accepts_bytes(b'{"na\\u00efve":1}')

@@ -604,14 +604,14 @@ class _Compiler:
 
     def constant(self, value: Any) -> Symbol:
         if isinstance(value, str):
-            return self.string_terminal((re.escape(value),), 0, None)
+            return self.string_literal(value)
         if isinstance(value, dict):
             symbol = self.g.nonterminal("const-object")
             parts: list[Symbol] = [self.punct("{")]
             for i, (k, v) in enumerate(value.items()):
                 if i:
                     parts.append(self.punct(","))
-                parts.extend([self.string_terminal((re.escape(k),), 0, None), self.punct(":"), self.constant(v)])
+                parts.extend([self.string_literal(k), self.punct(":"), self.constant(v)])
             parts.append(self.punct("}"))
             self.g.rule(symbol, *parts)
             return symbol
@@ -695,6 +695,12 @@ class _Compiler:
                 return None  # unsupported and dropped: keep nothing rather than the complement
             excluded += (full,)
         return self.string_terminal(tuple(patterns), min_length, max_length, pointer, excluded)
+
+    def string_literal(self, value: str) -> Symbol:
+        """A known string (a property name, an enum or const value) in its one canonical
+        spelling: escaping only what JSON requires. Other spellings are valid JSON too,
+        but a model that wanders into ``\\u0065`` escapes inside a key writes worse JSON."""
+        return self.g.literal(json.dumps(value, ensure_ascii=False))
 
     def string_terminal(
         self,
@@ -839,7 +845,7 @@ class _Compiler:
                 continue
             kv = g.nonterminal(f"{pointer}/properties/{name}")
             value_pointer = f"{pointer}/properties/{_pointer_escape(name)}"
-            g.rule(kv, self.string_terminal((re.escape(name),), 0, None), self.punct(":"), self.value(sub, value_pointer))
+            g.rule(kv, self.string_literal(name), self.punct(":"), self.value(sub, value_pointer))
             entries.append((kv, name in required_set, name))
         position = {name: i for i, (_, _, name) in enumerate(entries)}
         # a trigger may appear only if its dependents that come before it did (those after are
