@@ -86,18 +86,23 @@ def regex_to_dfa(
     quantifier such as ``/\\*(.|\\n)*?\\*/``.
     """
     pattern = _KNOWN_REWRITES.get(pattern, pattern)
+    fsm = _char_fsm(pattern, seconds)
+    if len(fsm.states) > max_states:
+        raise LimitError(f"regex {pattern!r} needs {len(fsm.states)} states (limit {max_states})")
+    return _char_fsm_to_bytes(fsm, shortest=shortest, max_states=max_states, pattern=pattern)
+
+
+def _char_fsm(pattern: str, seconds: float) -> interegular.FSM:
+    """interegular's character DFA for ``pattern``, within ``seconds``; typed errors otherwise."""
     _check_syntax(pattern)
     source = _expand_unicode_escapes(pattern)
     try:
         with _time_limit(seconds, f"regex {pattern!r} took longer than {seconds:g} s to compile"):
-            fsm = interegular.parse_pattern(source).to_fsm()
+            return interegular.parse_pattern(source).to_fsm()
     except interegular.patterns.Unsupported as exc:
         raise GrammarError(f"unsupported regex feature in {pattern!r}: {exc}") from None
     except (interegular.patterns.InvalidSyntax, ValueError, KeyError, IndexError) as exc:
         raise GrammarError(f"cannot compile regex {pattern!r}: {exc}") from None
-    if len(fsm.states) > max_states:
-        raise LimitError(f"regex {pattern!r} needs {len(fsm.states)} states (limit {max_states})")
-    return _char_fsm_to_bytes(fsm, shortest=shortest, max_states=max_states, pattern=pattern)
 
 
 def has_lazy_quantifier(pattern: str) -> bool:
@@ -403,16 +408,7 @@ def json_string_dfa(
     ``patterns`` and has ``min_length`` to ``max_length`` characters."""
     parts: list[ByteDFA] = []
     for pattern in patterns:
-        _check_syntax(pattern)
-        source = _expand_unicode_escapes(pattern)
-        try:
-            with _time_limit(seconds, f"regex {pattern!r} took longer than {seconds:g} s to compile"):
-                fsm = interegular.parse_pattern(source).to_fsm()
-        except interegular.patterns.Unsupported as exc:
-            raise GrammarError(f"unsupported regex feature in {pattern!r}: {exc}") from None
-        except (interegular.patterns.InvalidSyntax, ValueError, KeyError, IndexError) as exc:
-            raise GrammarError(f"cannot compile regex {pattern!r}: {exc}") from None
-        maps, initial, finals = _fsm_interval_maps(fsm)
+        maps, initial, finals = _fsm_interval_maps(_char_fsm(pattern, seconds))
         parts.append(chars_to_bytes(maps, initial, finals, json_string=True, max_states=max_states, what=f"regex {pattern!r}"))
     if min_length > 0 or max_length is not None or not parts:
         parts.append(_counted_json_chars(min_length, max_length, max_states=max_states))
