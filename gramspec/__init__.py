@@ -16,9 +16,10 @@ from gramspec.errors import (
 from gramspec.vocab import Vocabulary
 
 if TYPE_CHECKING:
-    from gramspec.generation import GenerationResult, generate
+    from gramspec.generation import GenerationResult, generate, sample_many
     from gramspec.models import load_default, load_model
     from gramspec.plugins import (
+        AlignedStore,
         GrammarLogitsProcessor,
         JSONSchemaLogitsProcessor,
         Pipeline,
@@ -33,6 +34,8 @@ _LAZY = {
     "load_default": "gramspec.models",
     "load_model": "gramspec.models",
     "generate": "gramspec.generation",
+    "sample_many": "gramspec.generation",
+    "AlignedStore": "gramspec.plugins",
     "GenerationResult": "gramspec.generation",
     "JSONSchemaLogitsProcessor": "gramspec.plugins",
     "GrammarLogitsProcessor": "gramspec.plugins",
@@ -52,6 +55,7 @@ def __getattr__(name: str) -> object:
     return value
 
 __all__ = [
+    "AlignedStore",
     "GenerationResult",
     "GramspecError",
     "GrammarError",
@@ -69,4 +73,5 @@ __all__ = [
     "generate",
     "load_default",
     "load_model",
+    "sample_many",
 ]

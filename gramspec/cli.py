@@ -1,4 +1,4 @@
-"""Command line: ``gramspec generate "prompt"``.
+"""Command line: ``gramspec generate "prompt"`` (constrained, optionally speculative).
 
 The generated text goes to stdout; timings and progress go to stderr. Heavy
 imports (torch, transformers) happen inside the commands so that ``--help``
@@ -29,6 +29,24 @@ def _non_negative_float(text: str) -> float:
     if not value >= 0:  # also rejects nan
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
+
+
+def _draft_length(text: str) -> int | str:
+    if text == "adaptive":
+        return text
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 or 'adaptive', got {value}")
+    return value
+
+
+def _drafter_spec(text: str) -> str:
+    from gramspec.specdec import available_drafters  # imports torch: only when the option is given
+
+    unknown = [part for part in text.split("+") if part.strip() not in available_drafters()]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown drafter {unknown[0]!r}; available: {', '.join(available_drafters())}")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +85,20 @@ def _add_generate(commands: Any) -> None:
     )
     sampling.add_argument("--seed", type=int, default=0, help="random seed for sampling (default: 0)")
     sampling.add_argument("--top-p", type=float, default=None, help="nucleus sampling (with --temperature)")
+    spec = p.add_argument_group("speculative decoding (lossless: the same output law, greedy gives the same text)")
+    spec.add_argument(
+        "--drafter",
+        type=_drafter_spec,
+        help="drafter name(s) joined by '+': grammar, ngram, recycling, trigram, layerskip, model (with --draft-model); "
+        "e.g. grammar+ngram",
+    )
+    spec.add_argument(
+        "--num-draft-tokens",
+        type=_draft_length,
+        default=4,
+        help="most tokens drafted per step, or 'adaptive' (default: 4)",
+    )
+    spec.add_argument("--draft-model", help="draft model for --drafter model (same tokenizer as --model)")
     constraint = p.add_argument_group("constraint (at most one)").add_mutually_exclusive_group()
     constraint.add_argument("--schema", metavar="FILE", help="JSON Schema file: the reply is JSON that validates")
     constraint.add_argument("--grammar", metavar="FILE", help="Lark grammar file")
@@ -96,26 +128,10 @@ def _constraint_source(args: argparse.Namespace) -> tuple[str, Any] | None:
     return None
 
 
-def _constraints(args: argparse.Namespace, tokenizer: Any, model: Any = None) -> list[Any]:
-    """Logits processors for the requested constraint (empty when unconstrained)."""
-    found = _constraint_source(args)
-    if found is None:
-        return []
-    from gramspec.generation import _eos_ids, _model_vocab_size
-    from gramspec.plugins import GrammarLogitsProcessor, JSONSchemaLogitsProcessor, RegexLogitsProcessor
-
-    kind, source = found
-    cls = {"schema": JSONSchemaLogitsProcessor, "grammar": GrammarLogitsProcessor, "regex": RegexLogitsProcessor}[kind]
-    options: dict[str, Any] = {}
-    if model is not None:
-        options = {"vocab_size": _model_vocab_size(model), "eos_token_ids": _eos_ids(model, tokenizer)}
-    return [cls(source, tokenizer, **options)]
-
-
 def _generate(args: argparse.Namespace) -> int:
-    import torch
     from transformers.utils import logging as hf_logging
 
+    from gramspec.generation import generate
     from gramspec.models import load_model
 
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
@@ -125,54 +141,49 @@ def _generate(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(args.model, gguf_file=args.gguf_file)
     load_s = time.perf_counter() - start
 
-    if args.no_chat_template or not getattr(tokenizer, "chat_template", None):
-        input_ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-    else:
-        messages = [{"role": "user", "content": prompt}]
+    use_template = not args.no_chat_template and bool(getattr(tokenizer, "chat_template", None))
+    request: str | list[dict[str, str]] = prompt
+    if use_template:
+        request = [{"role": "user", "content": prompt}]
         if args.system is not None:
-            messages.insert(0, {"role": "system", "content": args.system})
-        input_ids = tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )["input_ids"]
-
-    sampling: dict[str, Any] = {"do_sample": False}
-    if args.temperature > 0:
-        sampling = {"do_sample": True, "temperature": args.temperature, "top_k": None, "top_p": args.top_p}
-    processors = _constraints(args, tokenizer, model)
-    torch.manual_seed(args.seed)
-    start = time.perf_counter()
-    with torch.inference_mode():
-        output = model.generate(
-            input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            max_new_tokens=args.max_new_tokens,
-            logits_processor=processors,
-            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-            **sampling,
-        )
-    gen_s = time.perf_counter() - start
-
-    new_tokens = output[0, input_ids.shape[1] :]
+            request.insert(0, {"role": "system", "content": args.system})
+    found = _constraint_source(args)
+    constraint = {} if found is None else {found[0]: found[1]}
+    draft_model = None
+    if args.draft_model is not None:
+        draft_model, _ = load_model(args.draft_model)
+    result = generate(
+        model,
+        tokenizer,
+        request,
+        **constraint,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        chat_template=use_template,
+        drafter=args.drafter,
+        num_draft_tokens=args.num_draft_tokens,
+        draft_model=draft_model,
+    )
+    print(result.text)
     status = ""
-    truncated = False
-    if processors:
-        from gramspec.generation import validate
-
-        processor = processors[0]
-        eos = processor.grammar.vocab.eos_token_ids
-        text_tokens = [t for t in new_tokens.tolist() if t not in eos]
-        text = processor.grammar.vocab.decode(text_tokens).decode("utf-8", errors="replace")
-        kind, source = _constraint_source(args) or ("", None)
-        valid, _, error = validate(kind, source, text)
-        truncated = processor.truncated(output)[0]
-        status = "; truncated at --max-new-tokens" if truncated else ("; valid" if valid else f"; INVALID: {error}")
-    else:
-        text = tokenizer.decode(new_tokens, skip_special_tokens=True)
-    print(text)
-    n = len(new_tokens)
+    if constraint:
+        status = "; truncated at --max-new-tokens" if result.truncated else (
+            "; valid" if result.valid else f"; INVALID: {result.error}"
+        )
+    n = len(result.token_ids)
+    speed = f"{n / result.seconds if result.seconds > 0 else 0.0:.1f} tokens/s"
+    spec = ""
+    if args.drafter is not None:
+        spec = (
+            f"; drafter {args.drafter}: {result.stats['target_forwards']} target forwards, "
+            f"{result.stats['mean_accepted_length']:.2f} tokens per forward, "
+            f"acceptance {result.stats['acceptance_rate']:.2f}"
+        )
     print(
-        f"gramspec: model {args.model} loaded in {load_s:.1f} s; {input_ids.shape[1]} prompt tokens; "
-        f"{n} new tokens in {gen_s:.1f} s ({n / gen_s if gen_s > 0 else 0.0:.1f} tokens/s){status}",
+        f"gramspec: model {args.model} loaded in {load_s:.1f} s; {result.prompt_tokens} prompt tokens; "
+        f"{n} new tokens in {result.seconds:.1f} s ({speed}){spec}{status}",
         file=sys.stderr,
     )
     return 0

@@ -1,8 +1,9 @@
 """``gramspec.generate``: one constrained generation, validated.
 
-The decode loop is plain (no speculation yet): one forward per token with a
-KV cache, the next token chosen by a :class:`~gramspec.plugins.Pipeline`
-(warpers, grammar mask, optional Mirostat) with opportunistic masking. The
+The decode loop is :func:`gramspec.specdec.decode`: plain decoding (one
+forward per token with a KV cache) or lossless speculative decoding with a
+drafter; tokens are chosen by a :class:`~gramspec.plugins.Pipeline` (warpers,
+grammar mask, optional Mirostat) with opportunistic masking. The
 result says whether the text validates with an independent oracle
 (python-jsonschema with format checking, lark, ``re.fullmatch``) and whether
 the constraint was left open at ``max_new_tokens``.
@@ -13,7 +14,6 @@ from __future__ import annotations
 import functools
 import json
 import re
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -21,13 +21,17 @@ from typing import Any, Literal
 import torch
 
 from gramspec.grammars.compiled import CompiledGrammar
+from gramspec.errors import LimitError
+from gramspec.plugins.asap import CARS, AlignedStore, ASAp, RejectedSample
 from gramspec.plugins.base import Pipeline, Plugin
 from gramspec.plugins.hf import compile_constraint, vocabulary_for
 from gramspec.plugins.mask import GrammarMask
 from gramspec.plugins.mirostat import Mirostat
 from gramspec.plugins.warpers import MinP, RepetitionPenalty, Temperature, TopK, TopP
+from gramspec.specdec import DecodeStats, Drafter, decode, make_drafter
 
 ConstraintKind = Literal["schema", "grammar", "regex"]
+AlignedMode = Literal["asap", "cars"]
 FinishReason = Literal["eos", "length"]
 
 
@@ -49,8 +53,10 @@ class GenerationResult:
     prompt_tokens: int = 0
     seconds: float = 0.0
     #: full_masks / fast_path_hits (opportunistic masking), pipeline_us (choosing and
-    #: advancing, forward passes excluded), first_token_us (prompt forward + first token)
-    stats: dict[str, int] = field(default_factory=dict)
+    #: advancing, forward passes excluded), first_token_us (prompt forward + first token),
+    #: and the decode loop's counters (target_forwards, drafted, accepted, acceptance_rate,
+    #: mean_accepted_length, draft_seconds, tokens_per_second...)
+    stats: dict[str, float] = field(default_factory=dict)
 
     def __str__(self) -> str:
         return self.text
@@ -77,6 +83,12 @@ def generate(
     opportunistic: bool = True,
     extra_plugins: Sequence[Plugin] = (),
     compile_options: Mapping[str, Any] | None = None,
+    drafter: str | Drafter | None = None,
+    num_draft_tokens: int | str = 4,
+    draft_model: Any = None,
+    aligned: AlignedMode | None = None,
+    aligned_store: AlignedStore | None = None,
+    max_attempts: int = 1000,
 ) -> GenerationResult:
     """Generate a reply to ``prompt`` under at most one of ``schema``, ``grammar`` (Lark text) or ``regex``.
 
@@ -86,6 +98,21 @@ def generate(
     greedy decoding; ``mirostat_tau`` turns on Mirostat 2.0 sampling. The
     pipeline is: repetition penalty -> temperature -> grammar mask -> top-k
     -> top-p -> min-p -> ``extra_plugins`` -> Mirostat.
+
+    ``drafter`` turns on lossless speculative decoding: a registered name
+    (``"grammar"``, ``"ngram"``, ``"recycling"``, ``"trigram"``, ``"model"`` with
+    ``draft_model=``), names joined by ``+`` (``"grammar+ngram"``), or a
+    :class:`~gramspec.specdec.Drafter`. ``num_draft_tokens`` is the most tokens
+    drafted per step, or ``"adaptive"``. The output has the same law as without
+    a drafter (greedy: the same tokens); ``stats`` reports target forwards,
+    acceptance rate and mean accepted length.
+
+    ``aligned`` samples from the model's distribution conditioned on the
+    constraint instead of the masked one (docs/aligned.md): ``"asap"`` (ASAp:
+    approaches it as calls sharing ``aligned_store`` accumulate) or ``"cars"``
+    (exact: rejection sampling, at most ``max_attempts`` attempts). Hold an
+    :class:`~gramspec.plugins.AlignedStore` and pass it to every call to share
+    what earlier samples taught (or use :func:`sample_many`).
     """
     given = {k: v for k, v in (("schema", schema), ("grammar", grammar), ("regex", regex)) if v is not None}
     if len(given) > 1:
@@ -95,6 +122,12 @@ def generate(
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, not {temperature}")
     greedy = temperature == 0 and mirostat_tau is None
+    if aligned not in (None, "asap", "cars"):
+        raise ValueError(f"aligned must be 'asap', 'cars' or None, not {aligned!r}")
+    if aligned is not None and not given:
+        raise ValueError("aligned sampling needs a constraint (schema, grammar or regex)")
+    if aligned is not None and greedy:
+        raise ValueError("aligned sampling samples: give a temperature > 0")
 
     eos_ids = _eos_ids(model, tokenizer)
     prompt_ids = _prompt_ids(tokenizer, prompt, chat_template)
@@ -110,8 +143,14 @@ def generate(
         plugins.append(RepetitionPenalty(repetition_penalty))
     if not greedy and temperature not in (0, 1):
         plugins.append(Temperature(temperature))
-    if compiled is not None:
+    if compiled is not None and aligned is None:
         plugins.append(GrammarMask(compiled))
+    elif compiled is not None:
+        store = aligned_store if aligned_store is not None else AlignedStore()
+        # tries are shared only by the same model, constraint and sampling settings (and prompt)
+        key = (id(model), kind, json.dumps(given[kind], sort_keys=True, default=repr),
+               temperature, top_k, top_p, min_p, repetition_penalty, tuple(map(repr, extra_plugins)))
+        plugins.append((ASAp if aligned == "asap" else CARS)(compiled, store, key))
     if not greedy:
         if top_k is not None:
             plugins.append(TopK(top_k))
@@ -128,31 +167,34 @@ def generate(
     generator = None
     if seed is not None:
         generator = torch.Generator().manual_seed(seed)
-    device = next(model.parameters()).device
-    tokens: list[int] = []
-    finish: FinishReason = "length"
-    pipeline_ns = 0  # time choosing and advancing (warpers, mask, sampler), without the forward passes
-    first_token_ns: int | None = None  # prompt forward + first choice
-    start, start_ns = time.perf_counter(), time.perf_counter_ns()
-    with torch.inference_mode():
-        past = None
-        step_input = torch.tensor([prompt_ids], dtype=torch.long, device=device)
-        for _ in range(max_new_tokens):
-            out = model(input_ids=step_input, past_key_values=past, use_cache=True)
-            past = out.past_key_values
-            chose_at = time.perf_counter_ns()
-            token = pipeline.choose(out.logits[0, -1], generator=generator, greedy=greedy)
-            if not pipeline.advance(token):  # cannot happen with an exact mask
-                raise AssertionError(f"the pipeline chose token {token} and then rejected it")
-            pipeline_ns += time.perf_counter_ns() - chose_at
-            tokens.append(token)
-            if first_token_ns is None:
-                first_token_ns = time.perf_counter_ns() - start_ns
-            if token in eos_ids:
-                finish = "eos"
-                break
-            step_input = torch.tensor([[token]], dtype=torch.long, device=device)
-    seconds = time.perf_counter() - start
+    spec_drafter = None
+    if drafter is not None:
+        spec_drafter = make_drafter(drafter, draft_model=draft_model, target_model=model)
+    stats = DecodeStats()
+    attempts = 0
+    while True:  # one attempt, except for CARS, which retries until a sample is in the language
+        attempts += 1
+        try:
+            output = decode(
+                model,
+                prompt_ids,
+                pipeline,
+                eos_ids=eos_ids,
+                max_new_tokens=max_new_tokens,
+                greedy=greedy,
+                generator=generator,
+                drafter=spec_drafter,
+                draft_length=num_draft_tokens if spec_drafter is not None else 0,
+                temperature=temperature if temperature > 0 else 1.0,
+                stats=stats,
+            )
+            break
+        except RejectedSample:
+            pipeline.finish()
+            if attempts >= max_attempts:
+                raise LimitError(f"CARS found no sample in the language in {max_attempts} attempts") from None
+            pipeline.reset(prompt_ids)
+    tokens, finish, seconds = output.tokens, output.finish_reason, output.stats.seconds
 
     text_tokens = [t for t in tokens if t not in eos_ids]
     if compiled is not None:
@@ -171,13 +213,44 @@ def generate(
         stats={
             "full_masks": pipeline.full_masks,
             "fast_path_hits": pipeline.fast_path_hits,
-            "pipeline_us": pipeline_ns // 1000,
-            "first_token_us": (first_token_ns or 0) // 1000,
+            "pipeline_us": int(output.stats.verify_seconds * 1e6),
+            "first_token_us": int(output.stats.first_token_seconds * 1e6),
+            **{k: v for k, v in output.stats.as_dict().items() if k not in ("seconds",)},
+            "attempts": attempts,
         },
     )
     if kind is not None:
         result.valid, result.json, result.error = validate(kind, given[kind], text)
     return result
+
+
+def sample_many(
+    model: Any,
+    tokenizer: Any,
+    prompt: str | Sequence[Mapping[str, str]],
+    n: int,
+    *,
+    aligned: AlignedMode | None = "asap",
+    aligned_store: AlignedStore | None = None,
+    seed: int | None = None,
+    temperature: float = 1.0,
+    **options: Any,
+) -> list[GenerationResult]:
+    """``n`` samples for one prompt and constraint, sharing one aligned-sampling trie.
+
+    With ASAp the samples are not independent: each one's estimates include what
+    the earlier ones taught, which is how the law of later samples approaches the
+    conditioned distribution. ``seed`` seeds the first sample (``seed + i`` the
+    ``i``-th); other options are :func:`generate`'s.
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, not {n}")
+    store = aligned_store if aligned_store is not None else AlignedStore()
+    return [
+        generate(model, tokenizer, prompt, aligned=aligned, aligned_store=store, temperature=temperature,
+                 seed=None if seed is None else seed + i, **options)
+        for i in range(n)
+    ]
 
 
 def validate(kind: str, source: Any, text: str) -> tuple[bool, Any, str | None]:

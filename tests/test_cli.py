@@ -47,6 +47,9 @@ def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
         ["generate", "--temperature", "nan", "hi"],
         ["generate"],
         ["nonsense"],
+        ["generate", "--num-draft-tokens", "-1", "hi"],
+        ["generate", "--num-draft-tokens", "many", "hi"],
+        ["generate", "--drafter", "grammar+telepathy", "hi"],
     ],
 )
 def test_bad_arguments(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
+from stats import chi_square, chi_square_critical
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
 from gramspec import Vocabulary
@@ -251,19 +252,6 @@ def test_opportunistic_path_is_off_when_a_truncating_plugin_follows_the_mask() -
 # -- sampled frequencies match the exact masked distribution (chi-square) -----------------
 
 
-def _chi_square_critical(df: int, z: float = 3.719) -> float:
-    """Wilson-Hilferty approximation of the chi-square quantile (z = 3.719: p = 1e-4)."""
-    return df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
-
-
-def _chi_square(counts: np.ndarray, probs: np.ndarray) -> tuple[float, int]:
-    support = probs > 0
-    if (counts[~support] > 0).any():
-        return math.inf, int(support.sum()) - 1
-    expected = probs[support] * counts.sum()
-    return float(((counts[support] - expected) ** 2 / expected).sum()), int(support.sum()) - 1
-
-
 class _LeakyMask(GrammarMask):
     """A deliberately wrong mask: also lets token 4 ("aa", never viable after "b") through."""
 
@@ -296,8 +284,8 @@ def test_sampled_frequencies_match_the_masked_distribution(opportunistic: bool) 
     allowed = torch.from_numpy(exact_mask.matcher.allowed_tokens())
     probs = torch.softmax((logits / 1.3).masked_fill(~allowed, -math.inf), dim=-1).numpy()
 
-    stat, df = _chi_square(counts_for(regex_mask()), probs)
-    assert stat < _chi_square_critical(df), (stat, df)
+    stat, df = chi_square(counts_for(regex_mask()), probs)
+    assert stat < chi_square_critical(df), (stat, df)
 
-    leaky_stat, _ = _chi_square(counts_for(_LeakyMask(compile_regex(REGEX, VOCAB, disk_cache=False))), probs)
-    assert leaky_stat > _chi_square_critical(df)  # the control: a wrong mask fails the same test
+    leaky_stat, _ = chi_square(counts_for(_LeakyMask(compile_regex(REGEX, VOCAB, disk_cache=False))), probs)
+    assert leaky_stat > chi_square_critical(df)  # the control: a wrong mask fails the same test

@@ -3,6 +3,7 @@
 This layer imports torch and transformers.
 """
 
+from gramspec.plugins.asap import ASAp, CARS, AlignedStore, RejectedSample
 from gramspec.plugins.base import Pipeline, Plugin
 from gramspec.plugins.hf import (
     GrammarConstraintLogitsProcessor,
@@ -16,6 +17,9 @@ from gramspec.plugins.mirostat import Mirostat
 from gramspec.plugins.warpers import MinP, RepetitionPenalty, Temperature, TopK, TopP
 
 __all__ = [
+    "ASAp",
+    "AlignedStore",
+    "CARS",
     "GrammarConstraintLogitsProcessor",
     "GrammarLogitsProcessor",
     "GrammarMask",
@@ -25,6 +29,7 @@ __all__ = [
     "Pipeline",
     "Plugin",
     "RegexLogitsProcessor",
+    "RejectedSample",
     "RepetitionPenalty",
     "Temperature",
     "TopK",

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 
 from gramspec.errors import MatcherError
+from gramspec.grammars.compiled import Matcher
 
 
 class Plugin:
@@ -40,6 +41,9 @@ class Plugin:
 
     def rollback(self, n: int = 1) -> None:
         """Undo the last ``n`` advanced tokens."""
+
+    def finish(self) -> None:
+        """The current sample is over (plugins that learn across samples commit here)."""
 
     def process_positions(self, scores: torch.Tensor, draft: Sequence[int]) -> torch.Tensor:
         """Scores at every position of a draft: row ``i`` of ``scores`` (``len(draft) + 1``
@@ -142,6 +146,20 @@ class Pipeline:
     def rollback(self, n: int = 1) -> None:
         for plugin in self.plugins:
             plugin.rollback(n)
+
+    def finish(self) -> None:
+        """The sample is over: plugins that learn across samples (ASAp) commit what they saw."""
+        for plugin in self.plugins:
+            plugin.finish()
+
+    @property
+    def matcher(self) -> Matcher | None:
+        """The grammar matcher of the constraint plugin (GrammarMask, ASAp, CARS), if there is one."""
+        for plugin in self.plugins:
+            found = getattr(plugin, "matcher", None)
+            if isinstance(found, Matcher):
+                return found
+        return None
 
     # -- scores and distributions ---------------------------------------------
 

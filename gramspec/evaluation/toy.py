@@ -1,0 +1,75 @@
+"""A causal LM in miniature, for evaluations and tests that need exact laws.
+
+A :class:`ToyLM` returns, after each prefix, logits that are a fixed function
+of the whole prefix (prompt included): pseudo-random by default, or given. It
+takes microseconds per call, so distribution checks can draw thousands of
+samples, and the law of any generation can be enumerated exactly. Its "KV
+cache" is the list of tokens read, croppable like transformers' caches, so a
+decode loop that crops its cache wrong, or reads the wrong row, samples from
+the wrong law. It has the calling convention of a transformers causal LM
+(``model(input_ids=..., past_key_values=..., use_cache=True).logits``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class ToyCache:
+    """The tokens a :class:`ToyLM` has read."""
+
+    def __init__(self) -> None:
+        self.tokens: list[int] = []
+
+    def get_seq_length(self) -> int:
+        return len(self.tokens)
+
+    def crop(self, tokens_to_remove: int) -> None:  # transformers >= 5 signature: a negative count
+        if tokens_to_remove > 0:
+            raise ValueError(f"crop takes a negative count of tokens to remove, not {tokens_to_remove}")
+        if tokens_to_remove:
+            del self.tokens[tokens_to_remove:]
+
+
+class ToyLM(torch.nn.Module):
+    """``logits_fn(prefix)`` gives the logits after ``prefix``; without it they are
+    ``scale`` times standard normals seeded by ``(seed, *prefix)``. ``calls`` counts forwards."""
+
+    def __init__(
+        self,
+        seed: int,
+        vocab_size: int,
+        scale: float = 1.5,
+        logits_fn: Callable[[tuple[int, ...]], torch.Tensor] | None = None,
+    ) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1), requires_grad=False)  # for .parameters()
+        self.seed, self.vocab_size, self.scale = seed, vocab_size, scale
+        self.logits_fn = logits_fn
+        self._memo: dict[tuple[int, ...], torch.Tensor] = {}
+        self.calls = 0
+
+    def logits_after(self, prefix: tuple[int, ...]) -> torch.Tensor:
+        found = self._memo.get(prefix)
+        if found is None:
+            if self.logits_fn is not None:
+                found = self.logits_fn(prefix).float()
+            else:
+                rng = np.random.default_rng([self.seed, *prefix])
+                found = torch.from_numpy(rng.normal(size=self.vocab_size) * self.scale).float()
+            self._memo[prefix] = found
+        return found
+
+    def forward(self, input_ids: torch.Tensor, past_key_values: ToyCache | None = None, use_cache: bool = True) -> Any:
+        self.calls += 1
+        cache = past_key_values if past_key_values is not None else ToyCache()
+        rows = []
+        for token in input_ids[0].tolist():
+            cache.tokens.append(int(token))
+            rows.append(self.logits_after(tuple(cache.tokens)))
+        return SimpleNamespace(logits=torch.stack(rows)[None], past_key_values=cache)

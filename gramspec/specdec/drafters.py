@@ -1,0 +1,553 @@
+"""Drafters: cheap guesses of the next tokens, verified losslessly by the decode loop.
+
+A drafter proposes up to ``k`` tokens after the current context
+(:meth:`Drafter.propose`) and may learn from what the target did
+(:meth:`Drafter.observe`). A draft is *deterministic* (no ``q``: the tokens
+are a function of the context) or *stochastic* (``q[i]`` is the distribution
+``tokens[i]`` was sampled from). Drafts are restricted to the grammar: every
+drafter stops at the first token the matcher rejects, and the draft model
+samples from its masked distribution, so ``q`` is zero outside the grammar.
+
+Each position also carries a ``confidence``, the drafter's estimate of the
+chance that the target accepts it; the adaptive draft length reads it.
+
+Drafters are registered by name (:func:`register_drafter`); names joined with
+``+`` make a :class:`Chain` that asks each source in turn (``"grammar+ngram"``:
+the tokens the grammar forces, then prompt lookup from there).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from gramspec.grammars.compiled import Matcher, mask_words
+from gramspec.plugins.mask import apply_token_bitmask
+
+
+@dataclass
+class Draft:
+    """Proposed tokens; ``q`` (``(len(tokens), V)`` probabilities) only for stochastic drafts."""
+
+    tokens: list[int] = field(default_factory=list)
+    q: torch.Tensor | None = None
+    #: Estimated chance that the target accepts each token (for the adaptive draft length).
+    confidence: list[float] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def truncate(self, n: int) -> Draft:
+        q = None if self.q is None else self.q[:n]
+        return Draft(self.tokens[:n], q, self.confidence[:n])
+
+
+@dataclass
+class DraftContext:
+    """What a drafter sees: the whole sequence so far and the grammar state.
+
+    ``matcher`` is the live matcher of the constraint (None when unconstrained):
+    a drafter may advance it but must roll it back before returning.
+    """
+
+    tokens: Sequence[int]  # prompt + generated tokens
+    prompt_length: int
+    matcher: Matcher | None
+    greedy: bool
+    temperature: float = 1.0
+    eos_ids: frozenset[int] = frozenset()
+    generator: torch.Generator | None = None
+    #: Drafters that pay per drafted token may stop once the product of their
+    #: confidences falls below this (the adaptive draft length would cut there).
+    min_survival: float = 0.0
+
+
+class Drafter:
+    """Base class. Subclasses implement :meth:`propose`; learning drafters also :meth:`observe`."""
+
+    name = "drafter"
+    #: Whether :meth:`observe` wants the target's logits at every verified position.
+    wants_logits = False
+
+    def reset(self, prompt: Sequence[int]) -> None:
+        """A new generation starts after ``prompt``."""
+
+    def propose(self, context: DraftContext, k: int) -> Draft:
+        raise NotImplementedError
+
+    def observe(self, inputs: Sequence[int], logits: torch.Tensor | None, accepted: int) -> None:
+        """After one verification: the target read ``inputs`` (the last committed token, then
+        the draft) and produced ``logits`` (one row per input, when :attr:`wants_logits`);
+        the first ``accepted`` draft tokens were accepted."""
+
+    def __repr__(self) -> str:
+        return type(self).__name__ + "()"
+
+
+class AcceptanceRate:
+    """An online estimate (exponential moving average) of how often drafted tokens are accepted."""
+
+    def __init__(self, prior: float = 0.5, decay: float = 0.9) -> None:
+        self.value = prior
+        self.decay = decay
+
+    def update(self, drafted: int, accepted: int) -> None:
+        if drafted:
+            self.value = self.decay * self.value + (1 - self.decay) * accepted / drafted
+
+
+def walk_allowed(matcher: Matcher | None, tokens: Sequence[int], eos_ids: frozenset[int] = frozenset()) -> int:
+    """How many of ``tokens`` the matcher takes in a row (the matcher is left as found).
+
+    Without a matcher every token counts, up to and including the first EOS.
+    """
+    n = 0
+    for token in tokens:
+        if matcher is not None and not matcher.advance(token):
+            break
+        n += 1
+        if token in eos_ids:
+            break
+    if matcher is not None:
+        matcher.rollback(n)
+    return n
+
+
+class GrammarForced(Drafter):
+    """The tokens the grammar leaves no choice about (JSON keys, punctuation): a lossless jump-forward."""
+
+    name = "grammar"
+
+    def __init__(self) -> None:
+        self.rate = AcceptanceRate(prior=0.9)
+
+    def propose(self, context: DraftContext, k: int) -> Draft:
+        if context.matcher is None or k <= 0:
+            return Draft()
+        tokens = context.matcher.forced_tokens()[:k]
+        return Draft(tokens, None, [self.rate.value] * len(tokens))
+
+    def observe(self, inputs: Sequence[int], logits: torch.Tensor | None, accepted: int) -> None:
+        self.rate.update(len(inputs) - 1, accepted)
+
+
+class PromptLookup(Drafter):
+    """n-gram lookup in the context: find the latest earlier occurrence of the last
+    ``n`` tokens (``n`` from ``max_ngram`` down to ``min_ngram``) and propose what followed it."""
+
+    name = "ngram"
+
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 1) -> None:
+        if not 1 <= min_ngram <= max_ngram:
+            raise ValueError(f"need 1 <= min_ngram <= max_ngram, got {min_ngram} and {max_ngram}")
+        self.max_ngram = max_ngram
+        self.min_ngram = min_ngram
+        self.rate = AcceptanceRate()
+
+    def propose(self, context: DraftContext, k: int) -> Draft:
+        tokens = np.asarray(context.tokens, dtype=np.int64)
+        length = len(tokens)
+        for n in range(min(self.max_ngram, length - 1), self.min_ngram - 1, -1):
+            tail = tokens[length - n :]
+            # windows ending before the tail itself, newest first
+            windows = np.lib.stride_tricks.sliding_window_view(tokens[: length - 1], n)
+            hits = np.flatnonzero((windows == tail).all(axis=1))
+            for start in hits[::-1]:
+                follow = tokens[start + n : start + n + k].tolist()
+                if not follow:
+                    continue
+                take = walk_allowed(context.matcher, follow, context.eos_ids)
+                if take:
+                    return Draft(follow[:take], None, [self.rate.value] * take)
+        return Draft()
+
+    def observe(self, inputs: Sequence[int], logits: torch.Tensor | None, accepted: int) -> None:
+        self.rate.update(len(inputs) - 1, accepted)
+
+
+class TokenRecycling(Drafter):
+    """Token Recycling (Luo et al. 2024, "Turning Trash into Treasure"): an adjacency
+    matrix ``M`` keeps, for every token, the top-``k`` successors the target predicted
+    the last time it read that token; drafts follow ``M`` from the last token.
+
+    Every verification forward refreshes ``M`` for every token it read, so candidate
+    tokens the target computed but did not emit are recycled as future drafts.
+    This drafter follows the top-1 successor (a chain draft).
+    """
+
+    name = "recycling"
+    wants_logits = True
+
+    def __init__(self, vocab_size: int | None = None, top_k: int = 8) -> None:
+        self.top_k = top_k
+        self.M: torch.Tensor | None = None if vocab_size is None else self._empty(vocab_size)
+        self.rate = AcceptanceRate()
+
+    def _empty(self, vocab_size: int) -> torch.Tensor:
+        return torch.full((vocab_size, self.top_k), -1, dtype=torch.long)
+
+    def propose(self, context: DraftContext, k: int) -> Draft:
+        if self.M is None or not context.tokens:
+            return Draft()
+        out: list[int] = []
+        token = int(context.tokens[-1])
+        while len(out) < k and 0 <= token < self.M.shape[0]:
+            token = int(self.M[token, 0])
+            if token < 0:
+                break
+            out.append(token)
+        take = walk_allowed(context.matcher, out, context.eos_ids)
+        return Draft(out[:take], None, [self.rate.value] * take)
+
+    def observe(self, inputs: Sequence[int], logits: torch.Tensor | None, accepted: int) -> None:
+        self.rate.update(len(inputs) - 1, accepted)
+        if logits is None:
+            return
+        if self.M is None or self.M.shape[0] < logits.shape[-1]:
+            self.M = self._empty(logits.shape[-1])
+        # every row the target computed, rejected draft positions included: their
+        # candidates are the "trash" this drafter recycles
+        top = torch.topk(logits.float(), self.top_k, dim=-1).indices.cpu()
+        self.M[torch.as_tensor(list(inputs), dtype=torch.long)] = top
+
+
+class TrigramTable(Drafter):
+    """Adaptive trigram tables after ADED (Liu et al. 2024, "Adaptive Draft-Verification
+    for Efficient Large Language Model Decoding"): counts of the token that follows
+    each pair of tokens, seeded from the prompt and updated from every accepted
+    token and from the target's top prediction at each verified position, so the
+    table adapts to the text being written. Drafts follow the most frequent successor
+    (bigram counts when the pair was never seen)."""
+
+    name = "trigram"
+    wants_logits = True
+
+    def __init__(self) -> None:
+        self.trigrams: defaultdict[tuple[int, int], defaultdict[int, float]] = defaultdict(lambda: defaultdict(float))
+        self.bigrams: defaultdict[int, defaultdict[int, float]] = defaultdict(lambda: defaultdict(float))
+        self.rate = AcceptanceRate()
+        self._context: list[int] = []  # the context of the last proposal
+        self._counted = 0  # how much of this generation's context the tables have seen
+
+    def reset(self, prompt: Sequence[int]) -> None:
+        self._context = []
+        self._counted = 0  # the tables themselves carry over: they adapt across generations
+
+    def _add(self, prefix: Sequence[int], token: int, weight: float) -> None:
+        if prefix:
+            self.bigrams[prefix[-1]][token] += weight
+        if len(prefix) >= 2:
+            self.trigrams[(prefix[-2], prefix[-1])][token] += weight
+
+    def _next(self, tokens: Sequence[int]) -> int | None:
+        table = self.trigrams.get((tokens[-2], tokens[-1])) if len(tokens) >= 2 else None
+        if not table:
+            table = self.bigrams.get(tokens[-1])
+        if not table:
+            return None
+        return max(table.items(), key=lambda item: item[1])[0]
+
+    def propose(self, context: DraftContext, k: int) -> Draft:
+        tokens = [int(t) for t in context.tokens]
+        for end in range(max(self._counted, 1), len(tokens)):  # text written since the last call
+            self._add(tokens[max(0, end - 2) : end], tokens[end], 1.0)
+        self._counted = len(tokens)
+        self._context = tokens
+        if not tokens:
+            return Draft()
+        out: list[int] = []
+        while len(out) < k:
+            c = self._next(tokens[-2:] + out[-2:] if out else tokens[-2:])
+            if c is None:
+                break
+            out.append(c)
+        take = walk_allowed(context.matcher, out, context.eos_ids)
+        return Draft(out[:take], None, [self.rate.value] * take)
+
+    def observe(self, inputs: Sequence[int], logits: torch.Tensor | None, accepted: int) -> None:
+        self.rate.update(len(inputs) - 1, accepted)
+        if logits is None:
+            return
+        # the target's own predictions, weighted below observed text; row i follows context + draft[:i]
+        predicted = torch.argmax(logits.float(), dim=-1).tolist()
+        for i, token in enumerate(predicted):
+            self._add(self._context[-2:] + [int(t) for t in inputs[1 : i + 1]], int(token), 0.5)
+
+
+class DraftModel(Drafter):
+    """A smaller causal LM with the same tokenizer drafts ``k`` tokens, masked by the grammar.
+
+    Greedy decoding drafts its argmax (a deterministic draft); sampling drafts from
+    its masked, temperature-scaled distribution and reports ``q`` (a stochastic
+    draft). The drafter keeps its own KV cache and crops it to what it shares with
+    the context.
+    """
+
+    name = "model"
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self._cache: Any = None
+        self._cached: list[int] = []  # tokens whose keys/values are in the cache
+
+    def reset(self, prompt: Sequence[int]) -> None:
+        self._cache = None
+        self._cached = []
+
+    def _logits_after(self, tokens: Sequence[int]) -> torch.Tensor:
+        """Next-token logits after ``tokens``, reusing the cache for the shared prefix."""
+        shared = 0
+        limit = min(len(self._cached), len(tokens) - 1)
+        while shared < limit and self._cached[shared] == tokens[shared]:
+            shared += 1
+        if self._cache is not None and shared < len(self._cached):
+            crop_cache(self._cache, shared)
+            del self._cached[shared:]
+        if self._cache is None:
+            self._cache = self._new_cache()
+        device = next(self.model.parameters()).device
+        feed = torch.tensor([list(tokens[shared:])], dtype=torch.long, device=device)
+        out = self.model(input_ids=feed, past_key_values=self._cache, use_cache=True)
+        self._cache = out.past_key_values
+        self._cached.extend(int(t) for t in tokens[shared:])
+        return out.logits[0, -1].float()
+
+    def _new_cache(self) -> Any:
+        """A fresh KV cache for the draft model (None: the model makes its own)."""
+        return None
+
+    def propose(self, context: DraftContext, k: int) -> Draft:
+        tokens = [int(t) for t in context.tokens]
+        matcher = context.matcher
+        drafted: list[int] = []
+        q_rows: list[torch.Tensor] = []
+        confidence: list[float] = []
+        survival = 1.0
+        words = None if matcher is None else mask_words(matcher.grammar.vocab.size)
+        try:
+            with torch.inference_mode():
+                while len(drafted) < k:
+                    logits = self._logits_after(tokens + drafted)
+                    if matcher is not None:
+                        bitmask = np.zeros(words, dtype=np.int32)  # type: ignore[arg-type]
+                        matcher.fill_mask(bitmask)
+                        logits = apply_token_bitmask(logits, bitmask)
+                    if not bool(torch.isfinite(logits).any()):
+                        break
+                    if context.greedy:
+                        probs = torch.softmax(logits, dim=-1)
+                        token = int(torch.argmax(logits))
+                    else:
+                        probs = torch.softmax(logits / max(context.temperature, 1e-6), dim=-1)
+                        token = int(torch.multinomial(probs.cpu(), 1, generator=context.generator))
+                        q_rows.append(probs)
+                    confidence.append(float(probs[token]))
+                    drafted.append(token)
+                    survival *= confidence[-1]
+                    if matcher is not None and not matcher.advance(token):
+                        raise AssertionError(f"draft token {token} passed the mask but the matcher rejected it")
+                    if token in context.eos_ids or survival < context.min_survival:
+                        break
+        finally:
+            if matcher is not None and drafted:
+                matcher.rollback(len(drafted))
+        q = torch.stack(q_rows) if q_rows else None
+        return Draft(drafted, q, confidence)
+
+    def __repr__(self) -> str:
+        return f"DraftModel({type(self.model).__name__})"
+
+
+class LayerSkip(DraftModel):
+    """Self-speculation without training: the target itself, with some decoder layers
+    skipped, drafts for the full target (the layer-skipping idea of SWIFT, Xia et al.
+    2024, and Kangaroo, Liu et al. 2024, without their adapters or layer search).
+
+    ``keep`` lists the decoder layers the draft runs (default: the first, the last and
+    every other one between them). The draft shares the target's weights; only its KV
+    cache is its own. Works with decoder-only models that keep their layers in
+    ``model.model.layers`` (Llama, Mistral, Qwen2, Gemma, Phi-3 and similar).
+    """
+
+    name = "layerskip"
+
+    def __init__(self, model: Any, keep: Sequence[int] | None = None) -> None:
+        base = getattr(model, "model", None)
+        layers = getattr(base, "layers", None)
+        if not isinstance(layers, torch.nn.ModuleList) or not len(layers):
+            raise ValueError(f"layer skipping needs a model with its decoder layers in model.model.layers; "
+                             f"{type(model).__name__} has none")
+        n = len(layers)
+        keep = sorted(set(range(0, n, 2)) | {n - 1}) if keep is None else sorted(set(keep))
+        if not keep or keep[0] != 0 or keep[-1] >= n or keep[0] < 0:
+            raise ValueError(f"keep must list layers of 0..{n - 1} and include layer 0 (the cache's length is read there)")
+        self.keep = keep
+        super().__init__(_shallow_copy(model, keep))
+
+    def _new_cache(self) -> Any:
+        from transformers import DynamicCache
+
+        return DynamicCache()  # grows per layer index, so the skipped layers' slots stay empty
+
+    def __repr__(self) -> str:
+        return f"LayerSkip(keep {len(self.keep)} layers)"
+
+
+def _shallow_copy(model: Any, keep: Sequence[int]) -> Any:
+    """``model`` running only the decoder layers in ``keep`` (weights shared, nothing copied)."""
+    import copy
+
+    draft = copy.copy(model)
+    draft._modules = dict(model._modules)
+    base = copy.copy(model.model)
+    base._modules = dict(model.model._modules)
+    base._modules["layers"] = torch.nn.ModuleList([model.model.layers[i] for i in keep])
+    config = copy.copy(model.config)
+    config.num_hidden_layers = len(keep)
+    if isinstance(getattr(config, "layer_types", None), list):
+        config.layer_types = [config.layer_types[i] for i in keep]
+    base.config = config
+    draft.config = config
+    draft._modules["model"] = base
+    return draft
+
+
+class Chain(Drafter):
+    """Several drafters in turn: each continues the draft where the previous one stopped.
+
+    Deterministic sources only after the first stochastic one would mix laws, so
+    a stochastic draft (one with ``q``) ends the chain.
+    """
+
+    def __init__(self, drafters: Sequence[Drafter]) -> None:
+        if not drafters:
+            raise ValueError("a chain needs at least one drafter")
+        self.drafters = tuple(drafters)
+        self.name = "+".join(d.name for d in self.drafters)
+        self.wants_logits = any(d.wants_logits for d in self.drafters)
+        self._last: list[int] = []  # tokens each drafter contributed to the last draft
+
+    def reset(self, prompt: Sequence[int]) -> None:
+        for drafter in self.drafters:
+            drafter.reset(prompt)
+
+    def propose(self, context: DraftContext, k: int) -> Draft:
+        draft = Draft()
+        self._last = []
+        matcher = context.matcher
+        advanced = 0
+        try:
+            for drafter in self.drafters:
+                if len(draft) >= k or (draft.tokens and draft.tokens[-1] in context.eos_ids):
+                    self._last.append(0)
+                    continue
+                sub = dataclasses.replace(context, tokens=list(context.tokens) + draft.tokens)
+                part = drafter.propose(sub, k - len(draft))
+                self._last.append(len(part))
+                if part.q is not None:
+                    if draft.tokens:  # a stochastic part after deterministic tokens: one-hot rows for them
+                        vocab = part.q.shape[-1]
+                        head = torch.nn.functional.one_hot(torch.tensor(draft.tokens), vocab).to(part.q)
+                        part = Draft(part.tokens, torch.cat([head, part.q]), part.confidence)
+                        return Draft(draft.tokens + part.tokens, part.q, draft.confidence + part.confidence)
+                    return part
+                draft = Draft(draft.tokens + part.tokens, None, draft.confidence + part.confidence)
+                if matcher is not None:
+                    for token in part.tokens:
+                        if not matcher.advance(token):
+                            raise AssertionError(f"drafter {drafter!r} proposed token {token} outside the grammar")
+                        advanced += 1
+            return draft
+        finally:
+            if matcher is not None and advanced:
+                matcher.rollback(advanced)
+
+    def observe(self, inputs: Sequence[int], logits: torch.Tensor | None, accepted: int) -> None:
+        # each source is told about its own slice of the draft
+        start = 0
+        for drafter, n in zip(self.drafters, self._last + [0] * (len(self.drafters) - len(self._last))):
+            taken = max(0, min(accepted - start, n))
+            head = inputs[start : start + n + 1]
+            rows = None if logits is None else logits[start : start + n + 1]
+            if n or drafter.wants_logits:
+                drafter.observe(head, rows, taken)
+            start += n
+
+    def __repr__(self) -> str:
+        return f"Chain({', '.join(map(repr, self.drafters))})"
+
+
+def crop_cache(cache: Any, length: int) -> None:
+    """Keep the first ``length`` positions of a transformers KV cache."""
+    current = cache.get_seq_length()
+    if length >= current:
+        return
+    import inspect
+
+    if "tokens_to_remove" in inspect.signature(cache.crop).parameters:
+        cache.crop(length - current)  # transformers >= 5: a negative count to remove
+    else:
+        cache.crop(length)
+
+
+# -- registry ---------------------------------------------------------------
+
+DrafterFactory = Callable[..., Drafter]
+_REGISTRY: dict[str, DrafterFactory] = {}
+
+
+def register_drafter(name: str, factory: DrafterFactory) -> None:
+    """Make ``factory(**options)`` available as ``drafter=name`` (names must not contain ``+``)."""
+    if not name or "+" in name:
+        raise ValueError(f"a drafter name must be non-empty and without '+', not {name!r}")
+    _REGISTRY[name] = factory
+
+
+def available_drafters() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def make_drafter(spec: str | Drafter, **options: Any) -> Drafter:
+    """A drafter from a registered name, names joined by ``+``, or an instance (returned as is).
+
+    ``options`` go to every factory that accepts them by name (``draft_model`` for ``"model"``).
+    """
+    if isinstance(spec, Drafter):
+        return spec
+    parts = [part.strip() for part in spec.split("+")]
+    drafters: list[Drafter] = []
+    for part in parts:
+        factory = _REGISTRY.get(part)
+        if factory is None:
+            raise ValueError(f"unknown drafter {part!r}; available: {', '.join(available_drafters())}")
+        import inspect
+
+        accepted = inspect.signature(factory).parameters
+        drafters.append(factory(**{k: v for k, v in options.items() if k in accepted}))
+    return drafters[0] if len(drafters) == 1 else Chain(drafters)
+
+
+def _layer_skip_factory(target_model: Any = None) -> Drafter:
+    if target_model is None:
+        raise ValueError("drafter 'layerskip' needs target_model=<the model being decoded>")
+    return LayerSkip(target_model)
+
+
+def _draft_model_factory(draft_model: Any = None) -> Drafter:
+    if draft_model is None:
+        raise ValueError("drafter 'model' needs draft_model=<a causal LM with the target's tokenizer>")
+    return DraftModel(draft_model)
+
+
+register_drafter("grammar", GrammarForced)
+register_drafter("ngram", PromptLookup)
+register_drafter("recycling", TokenRecycling)
+register_drafter("trigram", TrigramTable)
+register_drafter("model", _draft_model_factory)
+register_drafter("layerskip", _layer_skip_factory)

@@ -1,0 +1,221 @@
+"""The decode loop: plain decoding is speculative decoding with drafts of length 0.
+
+Each step feeds the target the committed tokens it has not read yet (the whole
+prompt at first, then the last token) followed by the draft, in one forward
+with the KV cache. The :class:`~gramspec.plugins.Pipeline` (warpers, grammar
+mask, samplers) turns the logits at every draft position into the constrained
+target distribution; the verifier (:mod:`gramspec.specdec.verify`) keeps the
+accepted prefix and adds one token; the cache is cropped to what was kept.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from gramspec.plugins.base import Pipeline
+from gramspec.specdec.drafters import Draft, DraftContext, Drafter, crop_cache
+from gramspec.specdec.verify import verify_deterministic, verify_stochastic
+
+FinishReason = Literal["eos", "length"]
+
+
+@dataclass
+class DraftLength:
+    """How many tokens to draft per step.
+
+    Fixed (``adaptive=False``): up to ``max_tokens``. Adaptive (SpecDec++'s
+    threshold rule, Huang et al. 2024): the drafter proposes up to ``max_tokens``
+    and the draft stops before the position where the predicted chance that
+    some draft token is rejected, ``1 - prod(confidence)``, passes ``threshold``.
+    """
+
+    max_tokens: int = 4
+    adaptive: bool = False
+    threshold: float = 0.7
+
+    @classmethod
+    def parse(cls, value: int | str | DraftLength) -> DraftLength:
+        if isinstance(value, DraftLength):
+            return value
+        if value == "adaptive":
+            return cls(max_tokens=16, adaptive=True)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"num_draft_tokens must be an integer >= 0 or 'adaptive', not {value!r}")
+        return cls(max_tokens=value)
+
+    def cut(self, draft: Draft) -> Draft:
+        if not self.adaptive:
+            return draft.truncate(self.max_tokens)
+        keep, survive = 0, 1.0
+        for confidence in draft.confidence[: self.max_tokens]:
+            survive *= confidence
+            if keep and 1 - survive > self.threshold:
+                break
+            keep += 1
+        return draft.truncate(keep)
+
+
+@dataclass
+class DecodeStats:
+    target_forwards: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    emitted: int = 0
+    draft_seconds: float = 0.0
+    #: time choosing and verifying tokens (pipeline, masks), forward passes excluded
+    verify_seconds: float = 0.0
+    first_token_seconds: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else math.nan
+
+    @property
+    def mean_accepted_length(self) -> float:
+        """Tokens emitted per target forward (1.0 for plain decoding)."""
+        return self.emitted / self.target_forwards if self.target_forwards else math.nan
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "target_forwards": self.target_forwards,
+            "drafted": self.drafted,
+            "accepted": self.accepted,
+            "emitted": self.emitted,
+            "acceptance_rate": self.acceptance_rate,
+            "mean_accepted_length": self.mean_accepted_length,
+            "draft_seconds": self.draft_seconds,
+            "verify_seconds": self.verify_seconds,
+            "first_token_seconds": self.first_token_seconds,
+            "seconds": self.seconds,
+            "tokens_per_second": self.emitted / self.seconds if self.seconds else math.nan,
+        }
+
+
+@dataclass
+class DecodeOutput:
+    tokens: list[int]  # generated tokens, EOS included when it was generated
+    finish_reason: FinishReason
+    stats: DecodeStats = field(default_factory=DecodeStats)
+
+
+def decode(
+    model: torch.nn.Module,
+    prompt_ids: Sequence[int],
+    pipeline: Pipeline,
+    *,
+    eos_ids: frozenset[int],
+    max_new_tokens: int,
+    greedy: bool,
+    generator: torch.Generator | None = None,
+    drafter: Drafter | None = None,
+    draft_length: DraftLength | int | str = 0,
+    temperature: float = 1.0,
+    stats: DecodeStats | None = None,
+) -> DecodeOutput:
+    """Generate after ``prompt_ids`` with the target distribution ``pipeline`` defines.
+
+    ``pipeline`` must be reset to the prompt. ``drafter=None`` or a draft length of
+    0 is plain decoding. ``temperature`` only informs a draft model's sampling.
+    ``stats``: counters to add to (several attempts at one sample), else new ones.
+    """
+    if not prompt_ids:
+        raise ValueError("the prompt must have at least one token")
+    length = DraftLength.parse(draft_length)
+    speculative = drafter is not None and length.max_tokens > 0
+    matcher = pipeline.matcher
+    device = next(model.parameters()).device
+    if drafter is not None:
+        drafter.reset(prompt_ids)
+
+    sequence = [int(t) for t in prompt_ids]
+    generated: list[int] = []
+    stats = stats if stats is not None else DecodeStats()
+    cache = None
+    fed = 0  # tokens of `sequence` whose keys/values are in the cache
+    finish: FinishReason = "length"
+    start = time.perf_counter()
+    try:
+        with torch.inference_mode():
+            while len(generated) < max_new_tokens:
+                budget = max_new_tokens - len(generated) - 1  # the step's last token is the target's own
+                draft = Draft()
+                if speculative and budget > 0:
+                    t0 = time.perf_counter()
+                    context = DraftContext(sequence, len(prompt_ids), matcher, greedy, temperature, eos_ids, generator,
+                                           min_survival=1 - length.threshold if length.adaptive else 0.0)
+                    draft = length.cut(drafter.propose(context, min(length.max_tokens, budget)))  # type: ignore[union-attr]
+                    stats.draft_seconds += time.perf_counter() - t0
+
+                inputs = sequence[fed:] + draft.tokens
+                out = model(
+                    input_ids=torch.tensor([inputs], dtype=torch.long, device=device),
+                    past_key_values=cache,
+                    use_cache=True,
+                )
+                cache = out.past_key_values
+                stats.target_forwards += 1
+                logits = out.logits[0, -(len(draft) + 1) :]
+
+                t0 = time.perf_counter()
+                emitted = _verify(pipeline, logits, draft, greedy, generator, eos_ids)
+                stats.verify_seconds += time.perf_counter() - t0
+                if stats.target_forwards == 1:
+                    stats.first_token_seconds = time.perf_counter() - start
+
+                accepted = len(emitted) - 1
+                stats.drafted += len(draft)
+                stats.accepted += accepted
+                if drafter is not None and (len(draft) or drafter.wants_logits):
+                    rows = logits.detach() if drafter.wants_logits else None
+                    drafter.observe([sequence[-1], *draft.tokens], rows, accepted)
+
+                fed = len(sequence) + accepted
+                crop_cache(cache, fed)
+                for token in emitted:
+                    sequence.append(token)
+                    generated.append(token)
+                    stats.emitted += 1
+                    if token in eos_ids:
+                        finish = "eos"
+                        break
+                if finish == "eos":
+                    break
+    finally:
+        stats.seconds += time.perf_counter() - start
+    pipeline.finish()
+    return DecodeOutput(generated, finish, stats)
+
+
+def _verify(
+    pipeline: Pipeline,
+    logits: torch.Tensor,
+    draft: Draft,
+    greedy: bool,
+    generator: torch.Generator | None,
+    eos_ids: frozenset[int],
+) -> list[int]:
+    """Accepted draft tokens + one, with the pipeline advanced past all of them."""
+    if draft.q is None or greedy:
+
+        def draw(i: int) -> int:
+            token = pipeline.choose(logits[i], generator=generator, greedy=greedy)
+            if not pipeline.advance(token):  # cannot happen with an exact mask
+                raise AssertionError(f"the pipeline chose token {token} and then rejected it")
+            return token
+
+        return verify_deterministic(draft.tokens, draw, stop=eos_ids)
+
+    scores = pipeline.process_positions(logits, draft.tokens)
+    probs = torch.softmax(scores.float(), dim=-1)
+    emitted = verify_stochastic(probs, draft.tokens, draft.q, generator=generator, stop=eos_ids)
+    for token in emitted:
+        if not pipeline.advance(token):
+            raise AssertionError(f"the verifier emitted token {token}, which the pipeline rejects")
+    return emitted

@@ -1,0 +1,86 @@
+"""Lossless verification of a draft against the constrained target distribution.
+
+Both rules return the accepted draft tokens followed by one more token (the
+correction at the first rejection, or a bonus token after a fully accepted
+draft), and the law of that output equals sampling the target one token at a
+time.
+
+* :func:`verify_stochastic` — a draft sampled from ``q``: accept ``x`` with
+  probability ``min(1, pi(x) / q(x))``; on rejection sample the residual
+  ``norm(max(pi - q, 0))`` (speculative sampling: Leviathan et al. 2023,
+  Chen et al. 2023).
+* :func:`verify_deterministic` — a draft that is a function of the context
+  (prompt lookup, token recycling, trigram tables, grammar-forced tokens, a
+  greedy draft model): draw ``y ~ pi`` and accept when ``y == x``, else emit
+  ``y``. That is the rule "accept ``x`` with probability ``pi(x)``, else
+  sample ``pi`` with ``x`` removed" (same law: ``P(y) = pi(y)`` for every
+  ``y``), and with Gumbel-max draws it keeps the opportunistic-masking fast
+  path and matches plain decoding draw for draw under the same seed. Greedy
+  decoding is the special case where the draw is the argmax.
+
+Never "truncate the draft at the first invalid token and sample afresh":
+for a stochastic draft that is biased (tests check that it fails).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Container, Sequence
+
+import torch
+
+
+def verify_stochastic(
+    probs: torch.Tensor,
+    tokens: Sequence[int],
+    q: torch.Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    stop: Container[int] = (),
+) -> list[int]:
+    """Speculative sampling: ``probs`` is ``(k + 1, V)`` target probabilities (row ``i`` after
+    ``tokens[:i]``), ``q`` is ``(k, V)`` the draft's; returns accepted tokens + one, or
+    fewer when an accepted token is in ``stop`` (EOS: nothing follows it)."""
+    k = len(tokens)
+    if probs.shape[0] != k + 1 or q.shape[0] != k:
+        raise ValueError(f"need {k + 1} target rows and {k} draft rows, got {probs.shape[0]} and {q.shape[0]}")
+    out: list[int] = []
+    for i, x in enumerate(tokens):
+        p_row, q_row = probs[i].float(), q[i].to(probs.device).float()
+        px, qx = float(p_row[x]), float(q_row[x])
+        u = float(torch.rand((), generator=generator))
+        if qx > 0 and u * qx < px:
+            out.append(int(x))
+            if x in stop:
+                return out
+            continue
+        residual = (p_row - q_row).clamp_(min=0)
+        if float(residual.sum()) <= 0:  # only when pi == q up to rounding: any draw of pi is exact
+            residual = p_row
+        out.append(_sample(residual, generator))
+        return out
+    out.append(_sample(probs[k].float(), generator))
+    return out
+
+
+def verify_deterministic(tokens: Sequence[int], draw: Callable[[int], int], *, stop: Container[int] = ()) -> list[int]:
+    """Accepted tokens + one, for a deterministic draft (fewer when a token in ``stop`` is accepted).
+
+    ``draw(i)`` samples the target at position ``i`` (after ``tokens[:i]``); the caller
+    moves its state past each drawn token, so ``draw(i)`` is only called after
+    ``draw(i - 1)`` returned ``tokens[i - 1]``.
+    """
+    out: list[int] = []
+    for i in range(len(tokens) + 1):
+        token = draw(i)
+        out.append(token)
+        if i == len(tokens) or token != tokens[i] or token in stop:
+            break
+    return out
+
+
+def _sample(weights: torch.Tensor, generator: torch.Generator | None) -> int:
+    weights = torch.nan_to_num(weights, nan=0.0).clamp_(min=0)
+    total = float(weights.sum())
+    if total <= 0:
+        raise ValueError("no token has positive probability")
+    return int(torch.multinomial((weights / total).cpu(), 1, generator=generator))

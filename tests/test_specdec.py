@@ -1,0 +1,478 @@
+"""Speculative decoding: the verifier's law, each drafter, and the decode loop on a tiny model.
+
+The sequence-level tests enumerate every token sequence a small grammar allows,
+compute its exact probability under plain constrained sampling with a tiny
+model (``gramspec.evaluation.toy.ToyLM``, fast enough for thousands of samples), and compare
+the sequences the speculative loop samples against that law (chi-square). A
+deliberately biased verifier fails the same test. A tiny random Llama checks
+that the loop drives a real transformers model and its KV cache the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from stats import fits
+
+from gramspec import Vocabulary
+from gramspec.evaluation.toy import ToyLM
+from gramspec.grammars import compile_regex
+from gramspec.plugins import GrammarMask, Pipeline, Temperature, TopK, apply_token_bitmask
+from gramspec.specdec import (
+    Chain,
+    Draft,
+    DraftContext,
+    Drafter,
+    DraftLength,
+    DraftModel,
+    GrammarForced,
+    PromptLookup,
+    TokenRecycling,
+    TrigramTable,
+    available_drafters,
+    decode,
+    make_drafter,
+    register_drafter,
+    verify_deterministic,
+    verify_stochastic,
+)
+from gramspec.specdec import loop as loop_module
+from gramspec.specdec.drafters import crop_cache
+
+# ids: 0 a, 1 b, 2 ab, 3 ba, 4 c, 5 <eos>, 6 x (prompt only), 7 y (prompt only)
+TOKENS = [b"a", b"b", b"ab", b"ba", b"c", b"", b"x", b"y"]
+EOS = 5
+VOCAB = Vocabulary.from_token_bytes(TOKENS, eos_token_ids=[EOS])
+REGEX = r"[ab]{1,2}c"
+PROMPT = [6, 0, 1, 7, 2, 4, 6, 0]
+
+
+def tiny_llama(seed: int, sharpness: float = 3.0) -> Any:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(TOKENS),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+        eos_token_id=EOS,
+        pad_token_id=EOS,
+        bos_token_id=EOS,
+    )
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(sharpness)
+    return model
+
+
+@pytest.fixture(scope="module")
+def target() -> Any:
+    return ToyLM(0, len(TOKENS))
+
+
+@pytest.fixture(scope="module")
+def draft_model() -> Any:
+    return ToyLM(1, len(TOKENS))
+
+
+@pytest.fixture(scope="module")
+def grammar() -> Any:
+    return compile_regex(REGEX, VOCAB, disk_cache=False)
+
+
+def make_pipeline(grammar: Any, temperature: float = 1.0) -> Pipeline:
+    plugins: list[Any] = [] if temperature == 1.0 else [Temperature(temperature)]
+    return Pipeline([*plugins, GrammarMask(grammar)])
+
+
+def exact_law(model: Any, grammar: Any, temperature: float) -> dict[tuple[int, ...], float]:
+    """Every complete token sequence (EOS included) with its probability under plain constrained sampling."""
+    law: dict[tuple[int, ...], float] = {}
+    matcher = grammar.matcher()
+
+    def visit(prefix: list[int], prob: float) -> None:
+        if prefix and prefix[-1] == EOS:
+            law[tuple(prefix)] = prob
+            return
+        with torch.inference_mode():
+            logits = model(input_ids=torch.tensor([PROMPT + prefix])).logits[0, -1]
+        bitmask = np.zeros(1, dtype=np.int32)
+        matcher.fill_mask(bitmask)
+        probs = torch.softmax(apply_token_bitmask(logits / temperature, bitmask).double(), dim=-1)
+        for token in torch.nonzero(probs > 0).flatten().tolist():
+            assert matcher.advance(token)
+            visit(prefix + [token], prob * float(probs[token]))
+            matcher.rollback(1)
+
+    visit([], 1.0)
+    assert math.isclose(sum(law.values()), 1.0, rel_tol=1e-9)
+    return law
+
+
+def sample_sequences(
+    model: Any, grammar: Any, drafter: Drafter | None, n: int, *, temperature: float = 1.0, k: int | str = 3, seed: int = 0
+) -> tuple[Counter[tuple[int, ...]], dict[str, int]]:
+    generator = torch.Generator().manual_seed(seed)
+    pipeline = make_pipeline(grammar, temperature)
+    counts: Counter[tuple[int, ...]] = Counter()
+    totals = Counter[str]()
+    for _ in range(n):
+        pipeline.reset(PROMPT)
+        out = decode(
+            model,
+            PROMPT,
+            pipeline,
+            eos_ids=frozenset([EOS]),
+            max_new_tokens=10,
+            greedy=False,
+            generator=generator,
+            drafter=drafter,
+            draft_length=k,
+            temperature=temperature,
+        )
+        assert out.finish_reason == "eos"
+        counts[tuple(out.tokens)] += 1
+        totals["drafted"] += out.stats.drafted
+        totals["accepted"] += out.stats.accepted
+    return counts, dict(totals)
+
+
+def check_law(counts: Counter[tuple[int, ...]], law: dict[tuple[int, ...], float]) -> tuple[bool, float, int]:
+    keys = sorted(set(law) | set(counts))
+    observed = np.array([counts.get(key, 0) for key in keys])
+    expected = np.array([law.get(key, 0.0) for key in keys])
+    return fits(observed, expected)
+
+
+# -- the verifier on its own ---------------------------------------------------------------
+
+
+def _random_law(generator: torch.Generator, v: int, zeros: int = 1) -> torch.Tensor:
+    p = torch.rand(v, generator=generator, dtype=torch.float64) ** 2
+    p[torch.randperm(v, generator=generator)[:zeros]] = 0
+    return p / p.sum()
+
+
+def _truncate_then_resample(probs: torch.Tensor, tokens: list[int], q: torch.Tensor, generator: torch.Generator) -> list[int]:
+    """The biased rule: keep draft tokens the target allows, then sample afresh."""
+    out: list[int] = []
+    for i, x in enumerate(tokens):
+        if probs[i, x] <= 0:
+            break
+        out.append(x)
+    return out + [int(torch.multinomial(probs[len(out)], 1, generator=generator))]
+
+
+@pytest.mark.parametrize("rule", ["speculative", "truncate-then-resample"])
+def test_stochastic_verifier_first_token_follows_the_target(rule: str) -> None:
+    g = torch.Generator().manual_seed(3)
+    v = 6
+    pi = torch.stack([_random_law(g, v) for _ in range(3)])
+    q = torch.stack([_random_law(g, v, zeros=2) for _ in range(2)])
+    counts = np.zeros(v, dtype=np.int64)
+    pairs: Counter[tuple[int, int]] = Counter()
+    for _ in range(20000):
+        tokens = [int(torch.multinomial(q[i], 1, generator=g)) for i in range(2)]
+        if rule == "speculative":
+            out = verify_stochastic(pi, tokens, q, generator=g)
+        else:
+            out = _truncate_then_resample(pi, tokens, q, g)
+        assert 1 <= len(out) <= 3
+        counts[out[0]] += 1
+        pairs[(out[0], out[1]) if len(out) > 1 else (out[0], -1)] += 1
+    ok, stat, df = fits(counts, pi[0].numpy())
+    assert ok == (rule == "speculative"), (stat, df)
+
+
+def test_stochastic_verifier_accepts_a_draft_equal_to_the_target() -> None:
+    g = torch.Generator().manual_seed(0)
+    pi = torch.stack([_random_law(g, 5) for _ in range(4)])
+    for _ in range(50):
+        tokens = [int(torch.multinomial(pi[i], 1, generator=g)) for i in range(3)]
+        out = verify_stochastic(pi, tokens, pi[:3], generator=g)
+        assert out[:3] == tokens and len(out) == 4  # q == pi: always accepted, plus a bonus token
+
+
+def test_stochastic_verifier_checks_shapes() -> None:
+    with pytest.raises(ValueError, match="target rows"):
+        verify_stochastic(torch.ones(2, 4) / 4, [1, 2], torch.ones(2, 4) / 4)
+
+
+def test_deterministic_verifier_stops_at_the_first_mismatch() -> None:
+    draws = iter([3, 1, 9])
+    assert verify_deterministic([3, 1, 2, 7], lambda i: next(draws)) == [3, 1, 9]
+    assert verify_deterministic([], lambda i: 4) == [4]
+    assert verify_deterministic([4, 4], lambda i: 4) == [4, 4, 4]  # all accepted, then the bonus
+
+
+# -- draft lengths, the registry, drafters on their own -----------------------------------------------
+
+
+def test_draft_length_parse_and_adaptive_cut() -> None:
+    assert DraftLength.parse(0).max_tokens == 0
+    assert DraftLength.parse("adaptive").adaptive
+    for bad in (-1, "many", 2.5, True):
+        with pytest.raises(ValueError, match="num_draft_tokens"):
+            DraftLength.parse(bad)  # type: ignore[arg-type]
+    draft = Draft([1, 2, 3, 4, 5], None, [0.95, 0.9, 0.5, 0.9, 0.9])
+    assert DraftLength(max_tokens=3).cut(draft).tokens == [1, 2, 3]
+    # survival 0.95, 0.855, 0.4275: the third token pushes P(some rejection) past 0.5
+    assert DraftLength(max_tokens=8, adaptive=True, threshold=0.5).cut(draft).tokens == [1, 2]
+    assert DraftLength(max_tokens=8, adaptive=True, threshold=0.01).cut(draft).tokens == [1]  # at least one
+
+
+def test_registry_builds_chains_and_reports_unknown_names(draft_model: Any) -> None:
+    assert {"grammar", "ngram", "recycling", "trigram", "model"} <= set(available_drafters())
+    chain = make_drafter("grammar+ngram")
+    assert isinstance(chain, Chain) and chain.name == "grammar+ngram"
+    with pytest.raises(ValueError, match="unknown drafter 'nope'.*available"):
+        make_drafter("grammar+nope")
+    with pytest.raises(ValueError, match="draft_model"):
+        make_drafter("model")
+    assert isinstance(make_drafter("model", draft_model=draft_model), DraftModel)
+    with pytest.raises(ValueError, match="without"):
+        register_drafter("a+b", PromptLookup)
+
+    class Repeat(Drafter):
+        name = "repeat"
+
+        def propose(self, context: DraftContext, k: int) -> Draft:
+            return Draft([int(context.tokens[-1])] * k, None, [0.5] * k)
+
+    register_drafter("repeat", Repeat)
+    assert isinstance(make_drafter("repeat"), Repeat)
+
+
+def _context(tokens: list[int], grammar: Any = None, advanced: list[int] = ()) -> DraftContext:  # type: ignore[assignment]
+    matcher = None
+    if grammar is not None:
+        matcher = grammar.matcher()
+        assert matcher.advance_many(advanced) == len(advanced)
+    return DraftContext(tokens, 2, matcher, greedy=True, eos_ids=frozenset([EOS]))
+
+
+def test_prompt_lookup_copies_what_followed_the_latest_match_within_the_grammar(grammar: Any) -> None:
+    lookup = PromptLookup(max_ngram=2)
+    # "... 0 1 | 7 2 ..." earlier, and the context ends with 0 1: propose 7 2 4 (unconstrained)
+    assert lookup.propose(_context([6, 0, 1, 7, 2, 4, 6, 0, 1]), 3).tokens == [7, 2, 4]
+    # inside "[ab]{1,3}c" after "a": the match proposes "b c a"; "a" after "c" is cut
+    assert lookup.propose(_context([0, 1, 4, 0], grammar, [0]), 4).tokens == [1, 4]
+    # "b ab" would make "abab", more than two letters: only "b" is kept
+    assert lookup.propose(_context([0, 1, 2, 4, 0], grammar, [0]), 4).tokens == [1]
+    ctx = _context([0, 1, 2, 4, 0], grammar, [0])
+    before = ctx.matcher.num_tokens  # type: ignore[union-attr]
+    lookup.propose(ctx, 4)
+    assert ctx.matcher.num_tokens == before  # type: ignore[union-attr]
+    assert lookup.propose(_context([6, 7]), 3).tokens == []  # no earlier occurrence
+
+
+def test_grammar_forced_tokens_and_chain_order(grammar: Any) -> None:
+    forced = GrammarForced()
+    # after "ab" the grammar forces "c" (then EOS, which is a token of its own choice)
+    ctx = _context([6, 0, 1], grammar, [0, 1])
+    assert forced.propose(ctx, 4).tokens == [4]
+    assert forced.propose(_context([6, 0], grammar, [0]), 4).tokens == []  # "b" or "c" may follow "a"
+    chain = Chain([GrammarForced(), PromptLookup()])
+    ctx = _context([6, 4, EOS, 6, 0, 1], grammar, [0, 1])
+    # forced "c", then lookup of "c" in the context finds "c <eos>"
+    assert chain.propose(ctx, 4).tokens == [4, EOS]
+    assert ctx.matcher.num_tokens == 2  # type: ignore[union-attr]
+
+
+def test_token_recycling_follows_the_successors_the_target_predicted() -> None:
+    recycling = TokenRecycling(top_k=2)
+    assert recycling.propose(_context([6, 0]), 3).tokens == []
+    logits = torch.full((3, len(TOKENS)), -5.0)
+    logits[0, 1] = logits[1, 2] = logits[2, 0] = 5.0  # after 0 comes 1, after 3 comes 2, after 2 comes 0
+    recycling.observe([0, 3, 2], logits, accepted=0)  # rejected rows are recycled too
+    assert recycling.propose(_context([6, 3]), 4).tokens == [2, 0, 1]
+
+
+def test_trigram_table_learns_from_text_and_target_predictions() -> None:
+    trigram = TrigramTable()
+    trigram.reset([])
+    assert trigram.propose(_context([0, 1, 2, 0, 1]), 3).tokens == [2, 0, 1]
+    logits = torch.full((1, len(TOKENS)), -5.0)
+    logits[0, 3] = 5.0
+    for _ in range(3):  # the target keeps predicting 3 after "0 1"
+        trigram.propose(_context([0, 1, 2, 0, 1]), 0)
+        trigram.observe([1], logits, accepted=0)
+    assert trigram.propose(_context([0, 1, 2, 0, 1]), 1).tokens == [3]
+
+
+def test_draft_model_reuses_its_cache_and_drafts_inside_the_grammar(draft_model: Any, grammar: Any) -> None:
+    drafter = DraftModel(draft_model)
+    drafter.reset(PROMPT)
+    first = drafter.propose(_context(PROMPT, grammar), 4)
+    assert first.q is None and 1 <= len(first) <= 4  # greedy: a deterministic draft
+    m = grammar.matcher()
+    assert m.advance_many(first.tokens) == len(first.tokens)
+    again = drafter.propose(_context(PROMPT + [0], grammar, [0]), 3)
+    fresh = DraftModel(draft_model)
+    assert fresh.propose(_context(PROMPT + [0], grammar, [0]), 3).tokens == again.tokens
+    sampled = drafter.propose(
+        DraftContext(PROMPT, 1, grammar.matcher(), greedy=False, eos_ids=frozenset([EOS]), generator=torch.Generator()), 3
+    )
+    assert sampled.q is not None and sampled.q.shape == (len(sampled), len(TOKENS))
+    for row, token in zip(sampled.q, sampled.tokens):
+        assert math.isclose(float(row.sum()), 1.0, rel_tol=1e-5) and row[token] > 0
+    assert float(sampled.q[0, 6]) == 0.0  # "x" is outside the grammar: q is masked too
+
+
+def test_crop_cache_keeps_a_prefix(target: Any) -> None:
+    with torch.inference_mode():
+        cache = target(input_ids=torch.tensor([PROMPT]), use_cache=True).past_key_values
+        crop_cache(cache, 3)
+        assert cache.get_seq_length() == 3
+        crop_cache(cache, 10)  # longer than the cache: nothing happens
+        assert cache.get_seq_length() == 3
+
+
+# -- the loop: greedy identity and the law of sampled sequences --------------------------------
+
+
+DRAFTERS: dict[str, Callable[[Any], Drafter]] = {
+    "grammar": lambda dm: GrammarForced(),
+    "ngram": lambda dm: PromptLookup(),
+    "recycling": lambda dm: TokenRecycling(),
+    "trigram": lambda dm: TrigramTable(),
+    "model": lambda dm: DraftModel(dm),
+    "grammar+model": lambda dm: Chain([GrammarForced(), DraftModel(dm)]),
+    "grammar+ngram": lambda dm: Chain([GrammarForced(), PromptLookup()]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DRAFTERS))
+@pytest.mark.parametrize("k", [1, 4, "adaptive"])
+def test_greedy_output_equals_plain_decoding(target: Any, draft_model: Any, grammar: Any, name: str, k: int | str) -> None:
+    def run(prompt: list[int], drafter: Drafter | None) -> list[int]:
+        pipeline = make_pipeline(grammar)
+        pipeline.reset(prompt)
+        return decode(target, prompt, pipeline, eos_ids=frozenset([EOS]), max_new_tokens=10, greedy=True,
+                      drafter=drafter, draft_length=k).tokens
+
+    drafter = DRAFTERS[name](draft_model)  # one drafter across prompts: learned state must not matter
+    for shift in range(4):
+        prompt = PROMPT[shift:] + PROMPT[:shift]
+        assert run(prompt, drafter) == run(prompt, None)
+
+
+SAMPLES = 3000
+
+
+@pytest.fixture(scope="module")
+def law(target: Any, grammar: Any) -> dict[tuple[int, ...], float]:
+    return exact_law(target, grammar, temperature=1.0)
+
+
+def test_plain_sampling_matches_the_exact_law(target: Any, grammar: Any, law: dict[tuple[int, ...], float]) -> None:
+    counts, _ = sample_sequences(target, grammar, None, SAMPLES, seed=1)
+    ok, stat, df = check_law(counts, law)
+    assert ok, (stat, df)
+
+
+@pytest.mark.parametrize("name", sorted(DRAFTERS))
+def test_speculative_sampling_matches_the_exact_law(
+    target: Any, draft_model: Any, grammar: Any, law: dict[tuple[int, ...], float], name: str
+) -> None:
+    counts, totals = sample_sequences(target, grammar, DRAFTERS[name](draft_model), SAMPLES, seed=2)
+    assert totals["drafted"] > SAMPLES // 4 and totals["accepted"] > 0  # the drafter really drafted
+    if name != "grammar":  # forced tokens with one spelling are always accepted here
+        assert totals["accepted"] < totals["drafted"]
+    ok, stat, df = check_law(counts, law)
+    assert ok, (stat, df)
+
+
+def _biased_verify(
+    pipeline: Pipeline, logits: torch.Tensor, draft: Draft, greedy: bool, generator: Any, eos_ids: frozenset[int]
+) -> list[int]:
+    """Truncate-then-resample: every draft token the grammar allows is kept, then one fresh draw."""
+    out = []
+    for token in draft.tokens:
+        if not pipeline.advance(token):
+            break
+        out.append(token)
+        if token in eos_ids:
+            return out
+    token = pipeline.choose(logits[len(out)], generator=generator)
+    assert pipeline.advance(token)
+    return out + [token]
+
+
+@pytest.mark.parametrize("name", ["model", "ngram"])
+def test_a_biased_verifier_fails_the_same_test(
+    target: Any, draft_model: Any, grammar: Any, law: dict[tuple[int, ...], float], name: str, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(loop_module, "_verify", _biased_verify)
+    counts, _ = sample_sequences(target, grammar, DRAFTERS[name](draft_model), SAMPLES, seed=2)
+    ok, stat, df = check_law(counts, law)
+    assert not ok, (stat, df)
+
+
+def test_speculative_sampling_with_temperature_and_top_k(target: Any, draft_model: Any, grammar: Any) -> None:
+    temperature = 0.7
+    law = exact_law(target, grammar, temperature)
+    counts, totals = sample_sequences(target, grammar, DraftModel(draft_model), SAMPLES, temperature=temperature, seed=4)
+    assert totals["drafted"] > 0
+    ok, stat, df = check_law(counts, law)
+    assert ok, (stat, df)
+    # a pipeline with top-k after the mask still verifies (rows come from process_positions)
+    pipeline = Pipeline([GrammarMask(grammar), TopK(2)])
+    pipeline.reset(PROMPT)
+    out = decode(target, PROMPT, pipeline, eos_ids=frozenset([EOS]), max_new_tokens=10, greedy=False,
+                 generator=torch.Generator().manual_seed(0), drafter=DraftModel(draft_model), draft_length=3)
+    assert out.finish_reason == "eos" and grammar.matcher().advance_many(out.tokens) == len(out.tokens)
+
+
+def test_stats_count_forwards_and_acceptance(target: Any, grammar: Any) -> None:
+    pipeline = make_pipeline(grammar)
+    pipeline.reset(PROMPT)
+    plain = decode(target, PROMPT, pipeline, eos_ids=frozenset([EOS]), max_new_tokens=10, greedy=True)
+    assert plain.stats.target_forwards == len(plain.tokens) == plain.stats.emitted
+    assert plain.stats.mean_accepted_length == 1.0 and math.isnan(plain.stats.acceptance_rate)
+    pipeline.reset(PROMPT)
+    spec = decode(target, PROMPT, pipeline, eos_ids=frozenset([EOS]), max_new_tokens=10, greedy=True,
+                  drafter=GrammarForced(), draft_length=4)
+    assert spec.tokens == plain.tokens
+    assert spec.stats.target_forwards + spec.stats.accepted == len(spec.tokens)
+    assert spec.stats.as_dict()["emitted"] == len(spec.tokens)
+
+
+def test_max_new_tokens_bounds_drafts(target: Any, grammar: Any) -> None:
+    for budget in (1, 2, 3):
+        pipeline = make_pipeline(grammar)
+        pipeline.reset(PROMPT)
+        out = decode(target, PROMPT, pipeline, eos_ids=frozenset([EOS]), max_new_tokens=budget, greedy=True,
+                     drafter=Chain([GrammarForced(), PromptLookup()]), draft_length=8)
+        assert len(out.tokens) <= budget
+        assert out.finish_reason == ("eos" if out.tokens[-1] == EOS else "length")
+
+
+def test_a_transformers_model_and_its_kv_cache(grammar: Any) -> None:
+    """Greedy identity and the law of the first tokens on a real (tiny, random) Llama with a DynamicCache."""
+    target, drafts = tiny_llama(0), tiny_llama(1)
+    for drafter in (Chain([GrammarForced(), PromptLookup()]), DraftModel(drafts), TokenRecycling()):
+        for shift in range(3):
+            prompt = PROMPT[shift:] + PROMPT[:shift]
+            outs = []
+            for d in (None, drafter):
+                pipeline = make_pipeline(grammar)
+                pipeline.reset(prompt)
+                outs.append(decode(target, prompt, pipeline, eos_ids=frozenset([EOS]), max_new_tokens=10, greedy=True,
+                                   drafter=d, draft_length=4).tokens)
+            assert outs[0] == outs[1]
+    law = exact_law(target, grammar, temperature=1.0)
+    counts, totals = sample_sequences(target, grammar, DraftModel(drafts), 400, seed=9)
+    assert totals["drafted"] > 0
+    ok, stat, df = check_law(counts, law)
+    assert ok, (stat, df)
