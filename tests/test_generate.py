@@ -223,6 +223,38 @@ def test_generate_rejects_two_constraints(model: Any, tokenizer: Any) -> None:
         gramspec.generate(model, tokenizer, "x", schema=SCHEMA, regex=REGEX)
 
 
+def test_generate_with_a_drafter_gives_the_plain_tokens(model: Any, tokenizer: Any) -> None:
+    plain = gramspec.generate(model, tokenizer, "Answer:", schema=SCHEMA, max_new_tokens=24)
+    for drafter in ("grammar+ngram", "recycling", "trigram", "layerskip"):
+        spec = gramspec.generate(model, tokenizer, "Answer:", schema=SCHEMA, max_new_tokens=24, drafter=drafter,
+                                 num_draft_tokens=4)
+        assert spec.token_ids == plain.token_ids, drafter
+        assert spec.stats["target_forwards"] + spec.stats["accepted"] == len(spec.token_ids)
+    with pytest.raises(ValueError, match="unknown drafter"):
+        gramspec.generate(model, tokenizer, "x", schema=SCHEMA, drafter="psychic")
+
+
+def test_aligned_sampling_options(model: Any, tokenizer: Any) -> None:
+    from gramspec.errors import LimitError
+    from gramspec.plugins import AlignedStore
+
+    store = AlignedStore()
+    results = gramspec.sample_many(model, tokenizer, "Answer:", 3, regex=REGEX, max_new_tokens=12, seed=0,
+                                   aligned_store=store)
+    assert len(results) == 3 and store.nodes > 1 and len(store) == 1  # one prompt, one trie
+    for r in results:
+        assert r.valid or r.truncated
+    with pytest.raises(ValueError, match="temperature"):
+        gramspec.generate(model, tokenizer, "x", regex=REGEX, aligned="asap")
+    with pytest.raises(ValueError, match="needs a constraint"):
+        gramspec.generate(model, tokenizer, "x", temperature=1.0, aligned="asap")
+    with pytest.raises(ValueError, match="aligned must be"):
+        gramspec.generate(model, tokenizer, "x", regex=REGEX, temperature=1.0, aligned="best")  # type: ignore[arg-type]
+    # a random model over GPT-2's 50k tokens almost never starts inside the regex: CARS gives up
+    with pytest.raises(LimitError, match="3 attempts"):
+        gramspec.generate(model, tokenizer, "x", regex=REGEX, temperature=1.0, aligned="cars", max_attempts=3)
+
+
 def test_validate_oracles() -> None:
     assert validate("schema", SCHEMA, '{"name":"a","age":3,"kind":"cat"}')[0]
     assert not validate("schema", SCHEMA, '{"name":"a","age":300,"kind":"cat"}')[0]

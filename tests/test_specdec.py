@@ -476,3 +476,30 @@ def test_a_transformers_model_and_its_kv_cache(grammar: Any) -> None:
     assert totals["drafted"] > 0
     ok, stat, df = check_law(counts, law)
     assert ok, (stat, df)
+
+
+def test_layer_skip_drafts_with_part_of_the_target(grammar: Any) -> None:
+    from gramspec.specdec import LayerSkip
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(3)
+    config = LlamaConfig(vocab_size=len(TOKENS), hidden_size=16, intermediate_size=32, num_hidden_layers=4,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                         eos_token_id=EOS, pad_token_id=EOS, bos_token_id=EOS)
+    target = LlamaForCausalLM(config).eval()
+    skip = LayerSkip(target)
+    assert skip.keep == [0, 2, 3] and len(target.model.layers) == 4  # the target itself is untouched
+    for shift in range(3):
+        prompt = PROMPT[shift:] + PROMPT[:shift]
+        outs = []
+        for drafter in (None, skip):
+            pipeline = make_pipeline(grammar)
+            pipeline.reset(prompt)
+            outs.append(decode(target, prompt, pipeline, eos_ids=frozenset([EOS]), max_new_tokens=10, greedy=True,
+                               drafter=drafter, draft_length=3).tokens)
+        assert outs[0] == outs[1]
+    with pytest.raises(ValueError, match="layer 0"):
+        LayerSkip(target, keep=[1, 2])
+    with pytest.raises(ValueError, match="model.model.layers"):
+        LayerSkip(ToyLM(0, len(TOKENS)))
