@@ -162,10 +162,11 @@ def main(argv: list[str] | None = None) -> int:
             note(f"{workload}: {name} k={k}")
             results[config] = run_config(model, tok, jobs, name, k)
         plain = results["plain"]
-        for key, r in results.items():
+        for r in results.values():
             r["speedup"] = plain["seconds"] / r["seconds"] if r["seconds"] else None
             r["same_tokens_as_plain"] = f"{sum(a == b for a, b in zip(r['token_ids'], plain['token_ids']))}/{len(jobs)}"
-            r.pop("token_ids")
+        for r in results.values():
+            del r["token_ids"]
         report[workload] = results
     report["seconds"] = time.perf_counter() - started
 

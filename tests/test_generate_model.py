@@ -158,3 +158,22 @@ def test_mirostat_observed_surprise_tracks_tau(smollm2: tuple[Any, Any]) -> None
     assert abs(high - 6.0) < 1.0, high
     assert high - low > 2.0, (low, high)
     assert control - 3.0 > 2.0 and abs(control - 6.0) > 1.0, control  # plain sampling matches neither
+
+
+def test_aligned_samples_are_valid(smollm2: tuple[Any, Any]) -> None:
+    """ASAp (with and without a drafter) and CARS on SmolLM2 and a small Lark grammar."""
+    from gramspec.plugins import AlignedStore
+
+    model, tokenizer = smollm2
+    grammar = 'start: "The " ANIMAL " is " COLOR "."\nANIMAL: "cat" | "dog" | "fox"\nCOLOR: "red" | "blue" | "green"\n'
+    messages = [{"role": "user", "content": "Write one short sentence about an animal and its color."}]
+    store = AlignedStore()
+    results = gramspec.sample_many(model, tokenizer, messages, 4, grammar=grammar, max_new_tokens=16, seed=0,
+                                   aligned_store=store)
+    results += gramspec.sample_many(model, tokenizer, messages, 2, grammar=grammar, max_new_tokens=16, seed=10,
+                                    aligned_store=store, drafter="grammar+ngram")
+    results += [gramspec.generate(model, tokenizer, messages, grammar=grammar, max_new_tokens=16, temperature=1.0,
+                                  seed=20, aligned="cars")]
+    for r in results:
+        assert r.valid and not r.truncated, r.text
+    assert store.nodes > 6 and len(store) == 1

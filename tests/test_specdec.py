@@ -231,6 +231,22 @@ def test_draft_length_parse_and_adaptive_cut() -> None:
     assert DraftLength(max_tokens=8, adaptive=True, threshold=0.01).cut(draft).tokens == [1]  # at least one
 
 
+def test_goodput_rule_drafts_only_what_pays_for_its_forward() -> None:
+    from gramspec.specdec.loop import ForwardCost
+
+    cost = ForwardCost()
+    assert cost.estimate(3) == 1.0  # nothing measured: all lengths alike
+    for tokens, seconds in ((1, 1.0), (2, 1.65), (5, 2.0)):
+        cost.observe(tokens, seconds)
+    assert cost.estimate(4) == 1.65 and cost.estimate(9) == 2.0  # unmeasured: the nearest shorter one
+    rule = DraftLength(max_tokens=8, adaptive=True, threshold=1.0)  # the threshold rule never cuts
+    weak = Draft([1, 2, 3, 4], None, [0.3] * 4)
+    strong = Draft([1, 2, 3, 4], None, [0.95] * 4)
+    assert rule.cut(weak, cost).tokens == []  # 1.43 expected tokens for 2.0 s: plain decoding is better
+    assert rule.cut(strong, cost).tokens == [1, 2, 3, 4]  # 4.5 tokens for 2.0 s
+    assert rule.cut(weak).tokens == [1, 2, 3, 4]  # without costs only the threshold rule applies
+
+
 def test_registry_builds_chains_and_reports_unknown_names(draft_model: Any) -> None:
     assert {"grammar", "ngram", "recycling", "trigram", "model"} <= set(available_drafters())
     chain = make_drafter("grammar+ngram")

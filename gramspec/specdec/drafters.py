@@ -91,15 +91,25 @@ class Drafter:
 
 
 class AcceptanceRate:
-    """An online estimate (exponential moving average) of how often drafted tokens are accepted."""
+    """An online estimate (exponential moving average) of how often drafted tokens are accepted.
 
-    def __init__(self, prior: float = 0.5, decay: float = 0.9) -> None:
-        self.value = prior
+    Each proposal also relaxes the estimate a little toward the prior, so a drafter whose
+    drafts stopped being verified (the goodput rule found them not worth it) is tried again.
+    """
+
+    def __init__(self, prior: float = 0.5, decay: float = 0.9, relax: float = 0.02) -> None:
+        self.prior = self.value = prior
         self.decay = decay
+        self.relax = relax
 
     def update(self, drafted: int, accepted: int) -> None:
         if drafted:
             self.value = self.decay * self.value + (1 - self.decay) * accepted / drafted
+
+    def current(self) -> float:
+        """The estimate for a new proposal (relaxed toward the prior)."""
+        self.value += self.relax * (self.prior - self.value)
+        return self.value
 
 
 def walk_allowed(matcher: Matcher | None, tokens: Sequence[int], eos_ids: frozenset[int] = frozenset()) -> int:
@@ -131,7 +141,7 @@ class GrammarForced(Drafter):
         if context.matcher is None or k <= 0:
             return Draft()
         tokens = context.matcher.forced_tokens()[:k]
-        return Draft(tokens, None, [self.rate.value] * len(tokens))
+        return Draft(tokens, None, [self.rate.current()] * len(tokens))
 
     def observe(self, inputs: Sequence[int], logits: torch.Tensor | None, accepted: int) -> None:
         self.rate.update(len(inputs) - 1, accepted)
@@ -164,7 +174,7 @@ class PromptLookup(Drafter):
                     continue
                 take = walk_allowed(context.matcher, follow, context.eos_ids)
                 if take:
-                    return Draft(follow[:take], None, [self.rate.value] * take)
+                    return Draft(follow[:take], None, [self.rate.current()] * take)
         return Draft()
 
     def observe(self, inputs: Sequence[int], logits: torch.Tensor | None, accepted: int) -> None:
@@ -203,7 +213,7 @@ class TokenRecycling(Drafter):
                 break
             out.append(token)
         take = walk_allowed(context.matcher, out, context.eos_ids)
-        return Draft(out[:take], None, [self.rate.value] * take)
+        return Draft(out[:take], None, [self.rate.current()] * take)
 
     def observe(self, inputs: Sequence[int], logits: torch.Tensor | None, accepted: int) -> None:
         self.rate.update(len(inputs) - 1, accepted)
@@ -268,7 +278,7 @@ class TrigramTable(Drafter):
                 break
             out.append(c)
         take = walk_allowed(context.matcher, out, context.eos_ids)
-        return Draft(out[:take], None, [self.rate.value] * take)
+        return Draft(out[:take], None, [self.rate.current()] * take)
 
     def observe(self, inputs: Sequence[int], logits: torch.Tensor | None, accepted: int) -> None:
         self.rate.update(len(inputs) - 1, accepted)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -25,19 +26,63 @@ from gramspec.specdec.verify import verify_deterministic, verify_stochastic
 FinishReason = Literal["eos", "length"]
 
 
+class ForwardCost:
+    """Measured seconds of one target forward by number of input tokens (moving averages).
+
+    A length never measured is assumed to cost what the nearest shorter measured one
+    does: optimistic, so the goodput rule tries it once and learns its price.
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[int, float] = {}
+
+    def observe(self, tokens: int, seconds: float) -> None:
+        old = self.seconds.get(tokens)
+        self.seconds[tokens] = seconds if old is None else 0.8 * old + 0.2 * seconds
+
+    def estimate(self, tokens: int) -> float:
+        found = self.seconds.get(tokens)
+        if found is not None:
+            return found
+        shorter = [n for n in self.seconds if n <= tokens]
+        if shorter:
+            return self.seconds[max(shorter)]
+        return min(self.seconds.values(), default=1.0)
+
+
+#: Forward costs per target model, kept across generations (a model's cost curve does not change).
+_COSTS: weakref.WeakKeyDictionary[torch.nn.Module, ForwardCost] = weakref.WeakKeyDictionary()
+
+
+def forward_cost(model: torch.nn.Module) -> ForwardCost:
+    found = _COSTS.get(model)
+    if found is None:
+        found = _COSTS[model] = ForwardCost()
+    return found
+
+
 @dataclass
 class DraftLength:
     """How many tokens to draft per step.
 
-    Fixed (``adaptive=False``): up to ``max_tokens``. Adaptive (SpecDec++'s
-    threshold rule, Huang et al. 2024): the drafter proposes up to ``max_tokens``
-    and the draft stops before the position where the predicted chance that
-    some draft token is rejected, ``1 - prod(confidence)``, passes ``threshold``.
+    Fixed (``adaptive=False``): up to ``max_tokens``. Adaptive: the drafter proposes
+    up to ``max_tokens``, each token with a confidence (its predicted chance of
+    acceptance), and two rules cut the draft:
+
+    * SpecDec++'s threshold rule (Huang et al. 2024): stop before the position where
+      the predicted chance that some draft token is rejected, ``1 - prod(confidence)``,
+      passes ``threshold``;
+    * a goodput rule: keep the length ``n`` that maximizes expected tokens per second,
+      ``(1 + sum_i prod_{j<=i} confidence_j) / cost(n + 1)``, with ``cost`` the target's
+      measured forward time for ``n + 1`` input tokens (on a CPU a forward over a few
+      tokens costs well over one token's, so weak drafts are not worth verifying; with
+      ``n = 0`` the step is plain decoding).
     """
 
     max_tokens: int = 4
     adaptive: bool = False
     threshold: float = 0.7
+    goodput: bool = True
 
     @classmethod
     def parse(cls, value: int | str | DraftLength) -> DraftLength:
@@ -49,7 +94,7 @@ class DraftLength:
             raise ValueError(f"num_draft_tokens must be an integer >= 0 or 'adaptive', not {value!r}")
         return cls(max_tokens=value)
 
-    def cut(self, draft: Draft) -> Draft:
+    def cut(self, draft: Draft, cost: ForwardCost | None = None) -> Draft:
         if not self.adaptive:
             return draft.truncate(self.max_tokens)
         keep, survive = 0, 1.0
@@ -58,6 +103,15 @@ class DraftLength:
             if keep and 1 - survive > self.threshold:
                 break
             keep += 1
+        if self.goodput and cost is not None:
+            best, best_rate, expected, survive = 0, 1.0 / cost.estimate(1), 1.0, 1.0
+            for n, confidence in enumerate(draft.confidence[:keep], start=1):
+                survive *= confidence
+                expected += survive
+                rate = expected / cost.estimate(n + 1)
+                if rate > best_rate:
+                    best, best_rate = n, rate
+            keep = best
         return draft.truncate(keep)
 
 
@@ -130,6 +184,7 @@ def decode(
     length = DraftLength.parse(draft_length)
     speculative = drafter is not None and length.max_tokens > 0
     matcher = pipeline.matcher
+    costs = forward_cost(model)
     device = next(model.parameters()).device
     if drafter is not None:
         drafter.reset(prompt_ids)
@@ -150,15 +205,18 @@ def decode(
                     t0 = time.perf_counter()
                     context = DraftContext(sequence, len(prompt_ids), matcher, greedy, temperature, eos_ids, generator,
                                            min_survival=1 - length.threshold if length.adaptive else 0.0)
-                    draft = length.cut(drafter.propose(context, min(length.max_tokens, budget)))  # type: ignore[union-attr]
+                    draft = length.cut(drafter.propose(context, min(length.max_tokens, budget)), costs)  # type: ignore[union-attr]
                     stats.draft_seconds += time.perf_counter() - t0
 
                 inputs = sequence[fed:] + draft.tokens
+                t0 = time.perf_counter()
                 out = model(
                     input_ids=torch.tensor([inputs], dtype=torch.long, device=device),
                     past_key_values=cache,
                     use_cache=True,
                 )
+                if fed:  # decode steps only: the prompt's forward says nothing about drafts
+                    costs.observe(len(inputs), time.perf_counter() - t0)
                 cache = out.past_key_values
                 stats.target_forwards += 1
                 logits = out.logits[0, -(len(draft) + 1) :]
