@@ -247,6 +247,17 @@ def test_goodput_rule_drafts_only_what_pays_for_its_forward() -> None:
     assert rule.cut(weak).tokens == [1, 2, 3, 4]  # without costs only the threshold rule applies
 
 
+def test_acceptance_rates_are_kept_by_depth() -> None:
+    from gramspec.specdec.drafters import AcceptanceRate
+
+    rate = AcceptanceRate(prior=0.5, decay=0.5, relax=0.0, depth=4)
+    rate.update(drafted=4, accepted=2)  # depths 0 and 1 accepted, 2 rejected, 3 never tested
+    assert rate.rates == [0.75, 0.75, 0.25, 0.5]
+    rate.update(drafted=2, accepted=2)  # all accepted: the bonus token is not a depth of the draft
+    assert rate.rates == [0.875, 0.875, 0.25, 0.5]
+    assert rate.current(6) == [0.875, 0.875, 0.25, 0.5, 0.5, 0.5]  # deeper than tracked: the last depth's rate
+
+
 def test_registry_builds_chains_and_reports_unknown_names(draft_model: Any) -> None:
     assert {"grammar", "ngram", "recycling", "trigram", "model"} <= set(available_drafters())
     chain = make_drafter("grammar+ngram")

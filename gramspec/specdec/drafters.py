@@ -91,25 +91,31 @@ class Drafter:
 
 
 class AcceptanceRate:
-    """An online estimate (exponential moving average) of how often drafted tokens are accepted.
+    """Online estimates of how often a drafted token is accepted, by depth in the draft:
+    ``rate[i]`` is the chance that token ``i`` is accepted once tokens ``0..i-1`` were.
 
-    Each proposal also relaxes the estimate a little toward the prior, so a drafter whose
-    drafts stopped being verified (the goodput rule found them not worth it) is tried again.
+    Acceptance comes in runs (a lookup that matches tends to match on), so later
+    depths usually accept more readily than the first; the product of the rates
+    predicts a draft's survival. Estimates are exponential moving averages, and
+    each proposal relaxes them a little toward the prior, so a drafter whose drafts
+    stopped being verified (the goodput rule found them not worth it) is tried again.
     """
 
-    def __init__(self, prior: float = 0.5, decay: float = 0.9, relax: float = 0.02) -> None:
-        self.prior = self.value = prior
+    def __init__(self, prior: float = 0.5, decay: float = 0.9, relax: float = 0.02, depth: int = 16) -> None:
+        self.prior = prior
+        self.rates = [prior] * depth
         self.decay = decay
         self.relax = relax
 
     def update(self, drafted: int, accepted: int) -> None:
-        if drafted:
-            self.value = self.decay * self.value + (1 - self.decay) * accepted / drafted
+        for i in range(min(drafted, accepted + 1, len(self.rates))):  # the depths this draft tested
+            hit = 1.0 if i < accepted else 0.0
+            self.rates[i] = self.decay * self.rates[i] + (1 - self.decay) * hit
 
-    def current(self) -> float:
-        """The estimate for a new proposal (relaxed toward the prior)."""
-        self.value += self.relax * (self.prior - self.value)
-        return self.value
+    def current(self, n: int) -> list[float]:
+        """Confidences for a new proposal of ``n`` tokens (relaxed toward the prior)."""
+        self.rates = [r + self.relax * (self.prior - r) for r in self.rates]
+        return [self.rates[min(i, len(self.rates) - 1)] for i in range(n)]
 
 
 def walk_allowed(matcher: Matcher | None, tokens: Sequence[int], eos_ids: frozenset[int] = frozenset()) -> int:
@@ -141,7 +147,7 @@ class GrammarForced(Drafter):
         if context.matcher is None or k <= 0:
             return Draft()
         tokens = context.matcher.forced_tokens()[:k]
-        return Draft(tokens, None, [self.rate.current()] * len(tokens))
+        return Draft(tokens, None, self.rate.current(len(tokens)))
 
     def observe(self, inputs: Sequence[int], logits: torch.Tensor | None, accepted: int) -> None:
         self.rate.update(len(inputs) - 1, accepted)
@@ -174,7 +180,7 @@ class PromptLookup(Drafter):
                     continue
                 take = walk_allowed(context.matcher, follow, context.eos_ids)
                 if take:
-                    return Draft(follow[:take], None, [self.rate.current()] * take)
+                    return Draft(follow[:take], None, self.rate.current(take))
         return Draft()
 
     def observe(self, inputs: Sequence[int], logits: torch.Tensor | None, accepted: int) -> None:
@@ -213,7 +219,7 @@ class TokenRecycling(Drafter):
                 break
             out.append(token)
         take = walk_allowed(context.matcher, out, context.eos_ids)
-        return Draft(out[:take], None, [self.rate.current()] * take)
+        return Draft(out[:take], None, self.rate.current(take))
 
     def observe(self, inputs: Sequence[int], logits: torch.Tensor | None, accepted: int) -> None:
         self.rate.update(len(inputs) - 1, accepted)
@@ -278,7 +284,7 @@ class TrigramTable(Drafter):
                 break
             out.append(c)
         take = walk_allowed(context.matcher, out, context.eos_ids)
-        return Draft(out[:take], None, [self.rate.current()] * take)
+        return Draft(out[:take], None, self.rate.current(take))
 
     def observe(self, inputs: Sequence[int], logits: torch.Tensor | None, accepted: int) -> None:
         self.rate.update(len(inputs) - 1, accepted)
@@ -482,11 +488,11 @@ class Chain(Drafter):
         # each source is told about its own slice of the draft
         start = 0
         for drafter, n in zip(self.drafters, self._last + [0] * (len(self.drafters) - len(self._last))):
-            taken = max(0, min(accepted - start, n))
-            head = inputs[start : start + n + 1]
-            rows = None if logits is None else logits[start : start + n + 1]
-            if n or drafter.wants_logits:
-                drafter.observe(head, rows, taken)
+            reached = accepted >= start  # the verifier got to this drafter's first token
+            end = start + (n if reached else 0) + 1  # an unreached slice was not tested: not counted
+            rows = None if logits is None else logits[start:end]
+            if (n and reached) or drafter.wants_logits:
+                drafter.observe(inputs[start:end], rows, max(0, min(accepted - start, n)))
             start += n
 
     def __repr__(self) -> str:
