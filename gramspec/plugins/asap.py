@@ -17,8 +17,9 @@ truth, as samples accumulate; sampling uses ``P(v | u)·EFG~(uv)``.
 **CARS** (constrained adaptive rejection sampling, Parys et al. 2025) uses the
 same trie for an exact sampler: tokens are drawn from the model with the
 probability mass already *known* to be dead removed; a token the grammar
-rejects ends the attempt, its mass is recorded as dead, and the attempt
-restarts. Every accepted sample is exactly from ``P(· | L(G))``.
+rejects ends the attempt, the mass the grammar rules out at that prefix (the
+whole mask there, computed once) is recorded as dead, and the attempt restarts.
+Every accepted sample is exactly from ``P(· | L(G))``.
 
 The trie is read frozen during a sample: updates are buffered and committed by
 :meth:`finish` when the sample ends, so speculative verification (which
@@ -63,8 +64,8 @@ class Node:
     allowed: float | None = None
     #: the estimate ``EFG~(u)`` (1.0: nothing known yet)
     efg: float = 1.0
-    #: CARS: tokens known to be dead here (the grammar rejects them)
-    dead: set[int] = field(default_factory=set)
+    #: CARS: an attempt failed here, so the grammar's mask here is known (and applied)
+    masked: bool = False
 
 
 class AlignedStore:
@@ -122,8 +123,8 @@ class _TrieSampler(Plugin):
     """What ASAp and CARS share: the matcher, the frozen trie path, the buffered positions,
     the reweighting by known children's estimates and the bottom-up commit.
 
-    ``node.allowed`` is the next-token mass not known to be dead at a node (ASAp: the
-    mass the grammar allows there; CARS: one minus the tokens that failed there) and
+    ``node.allowed`` is the next-token mass not known to be dead at a node (ASAp, and CARS
+    once an attempt failed there: the mass the grammar allows; CARS before that: 1) and
     ``node.efg = allowed - sum over known children c of P(c | u)·(1 - efg(c))`` (computed as the
     unexplored mass plus ``sum P(c | u)·efg(c)``, in float64, to keep small estimates accurate).
     Sampling weights next tokens by ``P(v | u)·efg(uv)``, so a sample path's
@@ -150,7 +151,7 @@ class _TrieSampler(Plugin):
         self._prefix_keys: list[int] = [0]
         self._seen: dict[int, _Position] = {}
         self._window: deque[int] = deque()
-        self._dead: tuple[int, int] | None = None  # (position, token) a CARS attempt failed on
+        self._dead: tuple[int, float] | None = None  # CARS: (position, allowed mass) where an attempt failed
 
     def reset(self, prefix: Sequence[int] = ()) -> None:
         self.finish()
@@ -170,6 +171,15 @@ class _TrieSampler(Plugin):
     def _restrict(self, scores: torch.Tensor) -> tuple[torch.Tensor, float]:
         """Scores with the tokens known to be dead here removed, and the live mass (subclasses)."""
         raise NotImplementedError
+
+    def _masked(self, scores: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """Scores with the tokens the grammar rules out here at ``-inf``, and the mass it allows."""
+        bitmask = np.zeros(self._words, dtype=np.int32)
+        self.matcher.fill_mask(bitmask)
+        allowed = unpack_bitmask(torch.from_numpy(bitmask).to(scores.device), scores.shape[-1])
+        out = scores.masked_fill(~allowed, -math.inf)
+        live = float(torch.exp(torch.logsumexp(out.double(), -1) - torch.logsumexp(scores.double(), -1)))
+        return out, live
 
     def process(self, scores: torch.Tensor) -> torch.Tensor:
         out, live = self._restrict(scores)
@@ -232,10 +242,11 @@ class _TrieSampler(Plugin):
             seen = self._seen.get(self._prefix_keys[i])
             if seen is None:
                 continue
-            if self._dead is not None and self._dead[0] == i:
-                node.dead.add(self._dead[1])
             node.logp.update(seen.logp)
-            node.allowed = self._live_mass(node, seen)
+            if self._dead is not None and self._dead[0] == i:
+                node.masked, node.allowed = True, self._dead[1]
+            elif not node.masked:
+                node.allowed = seen.allowed
         terminated = self.matcher.is_terminated() and len(path) == len(self._tokens) + 1
         if terminated:  # the node after EOS: a finished string
             path[-1].allowed, path[-1].efg = 1.0, 1.0
@@ -247,10 +258,6 @@ class _TrieSampler(Plugin):
             unexplored = max(0.0, node.allowed - sum(p for p, _ in known))  # children not seen: bound 1
             node.efg = min(1.0, unexplored + sum(p * efg for p, efg in known))
 
-    def _live_mass(self, node: Node, seen: _Position) -> float:
-        raise NotImplementedError
-
-
 class ASAp(_TrieSampler):
     """Mask plus ASAp reweighting; use it instead of :class:`GrammarMask` in a pipeline.
 
@@ -260,43 +267,34 @@ class ASAp(_TrieSampler):
     """
 
     def _restrict(self, scores: torch.Tensor) -> tuple[torch.Tensor, float]:
-        bitmask = np.zeros(self._words, dtype=np.int32)
-        self.matcher.fill_mask(bitmask)
-        allowed = unpack_bitmask(torch.from_numpy(bitmask).to(scores.device), scores.shape[-1])
-        out = scores.masked_fill(~allowed, -math.inf)
-        live = float(torch.exp(torch.logsumexp(out.double(), -1) - torch.logsumexp(scores.double(), -1)))
-        return out, live
-
-    def _live_mass(self, node: Node, seen: _Position) -> float:
-        return seen.allowed
+        return self._masked(scores)
 
 
 class CARS(_TrieSampler):
     """Exact grammar-aligned sampling by adaptive rejection; use it instead of :class:`GrammarMask`.
 
-    ``process`` removes only what the trie already knows to be dead (and ids past
-    the vocabulary); :meth:`advance` raises :class:`RejectedSample` for a token the
-    grammar rejects, after noting it: call :meth:`finish` and draw again
-    (``gramspec.generate(aligned="cars")`` does).
+    At a prefix where no attempt has failed yet, tokens are drawn from the model
+    unmasked (only ids past the vocabulary are removed); :meth:`advance` raises
+    :class:`RejectedSample` for a token the grammar rejects, after noting the mass
+    the grammar allows there. From then on that prefix is masked. Call :meth:`finish`
+    and draw again (``gramspec.generate(aligned="cars")`` does).
     """
 
     def _restrict(self, scores: torch.Tensor) -> tuple[torch.Tensor, float]:
         node = self.node
-        dead = sorted(node.dead) if node is not None else []
+        if node is not None and node.masked:
+            return self._masked(scores)
         out = scores
-        if dead or scores.shape[-1] > self.grammar.vocab.size:
+        if scores.shape[-1] > self.grammar.vocab.size:
             out = scores.clone()
             out[self.grammar.vocab.size :] = -math.inf
-            if dead:
-                out[torch.tensor(dead, dtype=torch.long, device=out.device)] = -math.inf
-        return out, math.nan
+        return out, 1.0
 
     def advance(self, token: int) -> bool:
         if super().advance(token):
             return True
-        self._note_logp(token)
-        self._dead = (self.position, int(token))
+        seen = self._seen.get(self._prefix_keys[-1])
+        if seen is not None and seen.scores is not None:
+            self._note_logp(token)
+            self._dead = (self.position, self._masked(seen.scores)[1])
         raise RejectedSample(f"token {token} leaves the grammar after {self.position} tokens")
-
-    def _live_mass(self, node: Node, seen: _Position) -> float:
-        return 1.0 - sum(math.exp(node.logp[t]) for t in node.dead if t in node.logp)
