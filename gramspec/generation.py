@@ -29,10 +29,10 @@ from gramspec.plugins.mask import GrammarMask
 from gramspec.plugins.mirostat import Mirostat
 from gramspec.plugins.warpers import MinP, RepetitionPenalty, Temperature, TopK, TopP
 from gramspec.specdec import DecodeStats, Drafter, decode, make_drafter
+from gramspec.specdec.loop import FinishReason
 
 ConstraintKind = Literal["schema", "grammar", "regex"]
 AlignedMode = Literal["asap", "cars"]
-FinishReason = Literal["eos", "length"]
 
 
 @dataclass
@@ -89,6 +89,7 @@ def generate(
     aligned: AlignedMode | None = None,
     aligned_store: AlignedStore | None = None,
     max_attempts: int = 1000,
+    max_time: float | None = None,
 ) -> GenerationResult:
     """Generate a reply to ``prompt`` under at most one of ``schema``, ``grammar`` (Lark text) or ``regex``.
 
@@ -113,6 +114,9 @@ def generate(
     (exact: rejection sampling, at most ``max_attempts`` attempts). Hold an
     :class:`~gramspec.plugins.AlignedStore` and pass it to every call to share
     what earlier samples taught (or use :func:`sample_many`).
+
+    ``max_time`` bounds the decoding time in seconds (per attempt); a generation
+    cut by it has ``finish_reason == "time"`` and, under a constraint, ``truncated``.
     """
     given = {k: v for k, v in (("schema", schema), ("grammar", grammar), ("regex", regex)) if v is not None}
     if len(given) > 1:
@@ -187,6 +191,7 @@ def generate(
                 draft_length=num_draft_tokens if spec_drafter is not None else 0,
                 temperature=temperature if temperature > 0 else 1.0,
                 stats=stats,
+                max_time=max_time,
             )
             break
         except RejectedSample:

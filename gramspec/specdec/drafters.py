@@ -329,10 +329,9 @@ class DraftModel(Drafter):
             self._cache = self._new_cache()
         device = next(self.model.parameters()).device
         feed = torch.tensor([list(tokens[shared:])], dtype=torch.long, device=device)
-        out = self.model(input_ids=feed, past_key_values=self._cache, use_cache=True)
-        self._cache = out.past_key_values
+        logits, self._cache = cached_forward(self.model, feed, self._cache)
         self._cached.extend(int(t) for t in tokens[shared:])
-        return out.logits[0, -1].float()
+        return logits[0, -1].float()
 
     def _new_cache(self) -> Any:
         """A fresh KV cache for the draft model (None: the model makes its own)."""
@@ -497,6 +496,33 @@ class Chain(Drafter):
 
     def __repr__(self) -> str:
         return f"Chain({', '.join(map(repr, self.drafters))})"
+
+
+def cached_forward(model: Any, input_ids: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
+    """``model``'s logits for ``input_ids`` after what ``cache`` holds, and the cache after them.
+
+    transformers 5 names the cache argument and output ``cache`` (``past_key_values``
+    is deprecated there); earlier versions and other causal LMs use ``past_key_values``.
+    """
+    if _takes_cache_keyword(type(model)):
+        out = model(input_ids=input_ids, cache=cache, use_cache=True)
+        return out.logits, out.cache
+    out = model(input_ids=input_ids, past_key_values=cache, use_cache=True)
+    return out.logits, out.past_key_values
+
+
+_CACHE_KEYWORD: dict[type, bool] = {}
+
+
+def _takes_cache_keyword(cls: type) -> bool:
+    if cls not in _CACHE_KEYWORD:
+        import inspect
+
+        try:
+            _CACHE_KEYWORD[cls] = "cache" in inspect.signature(cls.forward).parameters  # type: ignore[attr-defined]
+        except (AttributeError, TypeError, ValueError):
+            _CACHE_KEYWORD[cls] = False
+    return _CACHE_KEYWORD[cls]
 
 
 def crop_cache(cache: Any, length: int) -> None:

@@ -20,10 +20,17 @@ from typing import Literal
 import torch
 
 from gramspec.plugins.base import Pipeline
-from gramspec.specdec.drafters import Draft, DraftContext, Drafter, crop_cache
+from gramspec.specdec.drafters import (
+    Draft,
+    DraftContext,
+    Drafter,
+    cached_forward,
+    crop_cache,
+)
 from gramspec.specdec.verify import verify_deterministic, verify_stochastic
 
-FinishReason = Literal["eos", "length"]
+#: eos: the sequence ended; length: max_new_tokens reached; time: max_time passed.
+FinishReason = Literal["eos", "length", "time"]
 
 
 class ForwardCost:
@@ -172,15 +179,20 @@ def decode(
     draft_length: DraftLength | int | str = 0,
     temperature: float = 1.0,
     stats: DecodeStats | None = None,
+    max_time: float | None = None,
 ) -> DecodeOutput:
     """Generate after ``prompt_ids`` with the target distribution ``pipeline`` defines.
 
     ``pipeline`` must be reset to the prompt. ``drafter=None`` or a draft length of
     0 is plain decoding. ``temperature`` only informs a draft model's sampling.
     ``stats``: counters to add to (several attempts at one sample), else new ones.
+    ``max_time``: seconds after which generation stops at the end of a step
+    (finish reason ``"time"``), like transformers' ``max_time``.
     """
     if not prompt_ids:
         raise ValueError("the prompt must have at least one token")
+    if max_time is not None and not max_time > 0:
+        raise ValueError(f"max_time must be a positive number of seconds, not {max_time!r}")
     length = DraftLength.parse(draft_length)
     speculative = drafter is not None and length.max_tokens > 0
     matcher = pipeline.matcher
@@ -210,16 +222,13 @@ def decode(
 
                 inputs = sequence[fed:] + draft.tokens
                 t0 = time.perf_counter()
-                out = model(
-                    input_ids=torch.tensor([inputs], dtype=torch.long, device=device),
-                    past_key_values=cache,
-                    use_cache=True,
+                all_logits, cache = cached_forward(
+                    model, torch.tensor([inputs], dtype=torch.long, device=device), cache
                 )
                 if fed:  # decode steps only: the prompt's forward says nothing about drafts
                     costs.observe(len(inputs), time.perf_counter() - t0)
-                cache = out.past_key_values
                 stats.target_forwards += 1
-                logits = out.logits[0, -(len(draft) + 1) :]
+                logits = all_logits[0, -(len(draft) + 1) :]
 
                 t0 = time.perf_counter()
                 emitted = _verify(pipeline, logits, draft, greedy, generator, eos_ids)
@@ -244,6 +253,9 @@ def decode(
                         finish = "eos"
                         break
                 if finish == "eos":
+                    break
+                if max_time is not None and time.perf_counter() - start > max_time:
+                    finish = "time"
                     break
     finally:
         stats.seconds += time.perf_counter() - start
