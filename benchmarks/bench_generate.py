@@ -45,6 +45,7 @@ from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
 from transformers.generation.logits_process import LogitsProcessor  # noqa: E402
+from gramspec.evaluation.engines import LLGuidanceProcessor  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "bench_generate.json"
@@ -98,31 +99,6 @@ class Timed(LogitsProcessor):
         self.ns += time.perf_counter_ns() - start
         self.calls += 1
         return out
-
-
-class LLGuidanceProcessor(LogitsProcessor):
-    """One generation, batch size 1: llguidance's matcher behind the HF interface (as xgrammar's does it)."""
-
-    def __init__(self, tokenizer: Any, grammar: str, vocab_size: int) -> None:
-        import llguidance
-        import llguidance.torch
-
-        self._fill = llguidance.torch.fill_next_token_bitmask
-        self.matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0)
-        if self.matcher.is_error():
-            raise ValueError(self.matcher.get_error())
-        self.bitmask = torch.full((1, (vocab_size + 31) // 32), -1, dtype=torch.int32)
-        self.started = False
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        from gramspec.plugins.mask import apply_token_bitmask
-
-        if self.started:
-            if not self.matcher.consume_token(int(input_ids[0, -1])):
-                raise RuntimeError(f"llguidance rejected its own token: {self.matcher.get_error()}")
-        self.started = True
-        self._fill(self.matcher, self.bitmask, 0)
-        return apply_token_bitmask(scores, self.bitmask)
 
 
 # --------------------------------------------------------------------------

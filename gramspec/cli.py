@@ -41,7 +41,9 @@ def _draft_length(text: str) -> int | str:
 
 
 def _drafter_spec(text: str) -> str:
-    from gramspec.specdec import available_drafters  # imports torch: only when the option is given
+    from gramspec.specdec import (
+        available_drafters,  # imports torch: only when the option is given
+    )
 
     unknown = [part for part in text.split("+") if part.strip() not in available_drafters()]
     if unknown:
@@ -57,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gramspec {gramspec.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_generate(commands)
+    _add_bench(commands)
     return parser
 
 
@@ -104,6 +107,114 @@ def _add_generate(commands: Any) -> None:
     constraint.add_argument("--grammar", metavar="FILE", help="Lark grammar file")
     constraint.add_argument("--regex", metavar="PATTERN", help="regex the whole reply must match")
     p.set_defaults(run=_generate)
+
+
+def _shard(text: str) -> str:
+    from gramspec.evaluation.corpus import Shard
+
+    try:
+        Shard.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _drafters(text: str) -> list[str | None]:
+    return [None if part == "none" else _drafter_spec(part) for part in _csv(text)]
+
+
+def _add_bench(commands: Any) -> None:
+    bench = commands.add_parser(
+        "bench",
+        help="benchmarks: JSONSchemaBench, MaskBench, JSON Schema Test Suite",
+        description="Evaluation runs (docs/evaluation.md). Results, a markdown report and plots go under --out.",
+    )
+    kinds = bench.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
+
+    def corpus_options(p: argparse.ArgumentParser, out: str) -> None:
+        p.add_argument("--data", help="schemas: a folder in the MaskBench layout (<subset>/*.json) or JSONSchemaBench "
+                       ".jsonl/.parquet files with a json_schema column (default: ../shared/maskbench-dev)")
+        p.add_argument("--subset", type=_csv, help="comma-separated subsets (default: all)")
+        p.add_argument("--limit", type=_positive_int, help="schemas per subset (default: all)")
+        p.add_argument("--seed", type=int, help="shuffle each subset with this seed before --limit (default: sorted)")
+        p.add_argument("--shard", type=_shard, help="run shard i of n (i/n, from 0/n) of the selection")
+        p.add_argument("--out", default=out, help=f"results folder (default: {out})")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar / lines on stderr")
+        p.add_argument("--no-plots", action="store_true", help="no PNG plots")
+
+    jsb = kinds.add_parser(
+        "jsonschemabench",
+        help="generate one JSON document per schema; coverage, compliance, GCT, TTFT, TPOT",
+        description="JSONSchemaBench (arXiv:2501.10868): for each schema the harness prompt, greedy decoding, "
+        "compile and generation time limits; metrics per subset and engine, side by side with peers.",
+    )
+    corpus_options(jsb, "bench-results/jsonschemabench")
+    jsb.add_argument("--engines", type=_csv, default=["gramspec"],
+                     help="comma-separated: gramspec, unconstrained, xgrammar, llguidance, outlines (default: gramspec)")
+    jsb.add_argument("--model", default="smollm2", help="model (as for generate; default: smollm2)")
+    jsb.add_argument("--gguf-file", help="GGUF file name inside the --model folder")
+    jsb.add_argument("--max-new-tokens", type=_positive_int, default=256, help="default: 256")
+    jsb.add_argument("--compile-timeout", type=float, default=40.0, help="seconds (default: 40)")
+    jsb.add_argument("--generation-timeout", type=float, default=60.0, help="seconds (default: 60)")
+    jsb.add_argument("--temperature", type=_non_negative_float, default=0.0, help="0: greedy (default)")
+    jsb.add_argument("--whitespace", choices=("compact", "flexible"), default="compact",
+                     help="JSON whitespace for every engine (default: compact)")
+    jsb.add_argument("--drafter", type=_drafters, default=[None],
+                     help="gramspec drafters to compare, comma-separated; 'none' is plain decoding "
+                     "(e.g. none,grammar+ngram; default: none)")
+    jsb.add_argument("--num-draft-tokens", type=_draft_length, default=4, help="or 'adaptive' (default: 4)")
+    jsb.add_argument("--aligned", choices=("asap", "cars"), help="aligned sampling for gramspec (needs --temperature)")
+    jsb.add_argument("--workers", type=_positive_int, default=1, help="processes on this machine, one shard each")
+    jsb.add_argument("--threads", type=_positive_int, help="torch threads (default: torch's)")
+    jsb.add_argument("--resume", action="store_true", help="continue the results file in --out")
+    jsb.add_argument("--overwrite", action="store_true", help="replace the results file in --out")
+    jsb.add_argument("--no-report", action="store_true", help="write results only (for shards)")
+    jsb.set_defaults(run=_bench("jsonschemabench_command"))
+
+    mb = kinds.add_parser(
+        "maskbench",
+        help="token-by-token mask checks and mask/compile times on labelled instances",
+        description="MaskBench: valid instances accepted, invalid ones wrongly accepted, mask time p50/p99, "
+        "compile time p50/p99, per engine.",
+    )
+    corpus_options(mb, "bench-results/maskbench")
+    mb.add_argument("--engines", type=_csv, default=["gramspec", "xgrammar", "llguidance", "outlines"],
+                    help="comma-separated: gramspec, xgrammar, llguidance, outlines (default: all; missing peers skip)")
+    mb.add_argument("--vocab", default="llama-bpe", help="tokenizer in ../shared/vocab (default: llama-bpe)")
+    mb.add_argument("--time-limit", type=float, default=30.0, help="seconds per schema and engine (default: 30)")
+    mb.set_defaults(run=_bench("maskbench_command"))
+
+    ts = kinds.add_parser(
+        "testsuite",
+        help="JSON Schema Test Suite: groups passed / over- / under-constrained per keyword file",
+        description="The JSON Schema Test Suite through gramspec's compiler, compared with the ratchet files.",
+    )
+    ts.add_argument("--draft", type=_csv, default=["draft2020-12", "draft7"], help="default: draft2020-12,draft7")
+    ts.add_argument("--vocab", default="llama-bpe", help="tokenizer in ../shared/vocab (default: llama-bpe)")
+    ts.add_argument("--time-limit", type=float, default=30.0, help="seconds per group (default: 30)")
+    ts.add_argument("--cases", type=int, default=25, help="over/under-constrained cases listed")
+    ts.add_argument("--engines", type=_csv, default=["gramspec"],
+                    help="comma-separated: gramspec, xgrammar, llguidance, outlines (default: gramspec)")
+    ts.add_argument("--out", default="bench-results/testsuite", help="folder for testsuite_<draft>.json")
+    ts.set_defaults(run=_bench("testsuite_command"))
+
+    rp = kinds.add_parser("report", help="merge the results files in a folder (shards) into one report")
+    rp.add_argument("out", help="folder with results*.jsonl files")
+    rp.add_argument("--no-plots", action="store_true")
+    rp.set_defaults(run=_bench("report_command"))
+
+
+def _bench(name: str) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        from gramspec.evaluation import commands
+
+        return int(getattr(commands, name)(args, args.argv))
+
+    return run
 
 
 def _constraint_source(args: argparse.Namespace) -> tuple[str, Any] | None:
@@ -192,12 +303,13 @@ def _generate(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.command is None:
         parser.print_help()
         return 2
     try:
         return int(args.run(args))
-    except GramspecError as exc:
+    except (GramspecError, FileNotFoundError) as exc:
         print(f"gramspec: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
