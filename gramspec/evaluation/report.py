@@ -172,8 +172,9 @@ def plot_coverage(summary: Mapping[str, Mapping[str, Metrics]], path: Path) -> P
                       ha="right")
         ax.set_ylim(0, 1.05)
         ax.set_title(title)
-    axes[0].legend(fontsize="small")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=min(5, len(engines)), fontsize="small", frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.88))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
