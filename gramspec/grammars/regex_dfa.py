@@ -20,7 +20,8 @@ import contextlib
 import re
 import signal
 import threading
-from collections.abc import Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import interegular
@@ -72,6 +73,30 @@ _KNOWN_REWRITES = {
 }
 
 
+#: Recently built DFAs by what determines them (not the time budget): schemas
+#: repeat the same strings, patterns and formats, and a ByteDFA is never changed.
+_DFA_CACHE: OrderedDict[tuple[object, ...], ByteDFA] = OrderedDict()
+_DFA_CACHE_SIZE = 1024
+_dfa_cache_lock = threading.Lock()
+
+
+def _memoized(key: tuple[object, ...], build: Callable[[], ByteDFA]) -> ByteDFA:
+    with _dfa_cache_lock:
+        found = _DFA_CACHE.get(key)
+        if found is not None:
+            _DFA_CACHE.move_to_end(key)
+            return found
+    dfa = build()
+    for array in (dfa.transitions, dfa.accepting):
+        if isinstance(array, np.ndarray):
+            array.flags.writeable = False  # shared from now on
+    with _dfa_cache_lock:
+        _DFA_CACHE[key] = dfa
+        if len(_DFA_CACHE) > _DFA_CACHE_SIZE:
+            _DFA_CACHE.popitem(last=False)
+    return dfa
+
+
 def regex_to_dfa(
     pattern: str,
     *,
@@ -86,10 +111,14 @@ def regex_to_dfa(
     quantifier such as ``/\\*(.|\\n)*?\\*/``.
     """
     pattern = _KNOWN_REWRITES.get(pattern, pattern)
-    fsm = _char_fsm(pattern, seconds)
-    if len(fsm.states) > max_states:
-        raise LimitError(f"regex {pattern!r} needs {len(fsm.states)} states (limit {max_states})")
-    return _char_fsm_to_bytes(fsm, shortest=shortest, max_states=max_states, pattern=pattern)
+
+    def build() -> ByteDFA:
+        fsm = _char_fsm(pattern, seconds)
+        if len(fsm.states) > max_states:
+            raise LimitError(f"regex {pattern!r} needs {len(fsm.states)} states (limit {max_states})")
+        return _char_fsm_to_bytes(fsm, shortest=shortest, max_states=max_states, pattern=pattern)
+
+    return _memoized(("regex", pattern, shortest, max_states), build)
 
 
 def _char_fsm(pattern: str, seconds: float) -> interegular.FSM:
@@ -406,6 +435,13 @@ def json_string_dfa(
 ) -> ByteDFA:
     """A JSON string literal whose decoded value fully matches every regex in
     ``patterns`` and has ``min_length`` to ``max_length`` characters."""
+    key = ("json-string", tuple(patterns), min_length, max_length, max_states)
+    return _memoized(key, lambda: _json_string_dfa(patterns, min_length, max_length, seconds, max_states))
+
+
+def _json_string_dfa(
+    patterns: Sequence[str], min_length: int, max_length: int | None, seconds: float, max_states: int
+) -> ByteDFA:
     parts: list[ByteDFA] = []
     for pattern in patterns:
         maps, initial, finals = _fsm_interval_maps(_char_fsm(pattern, seconds))
@@ -530,15 +566,20 @@ def _product(
         rb = b.transitions[sb] if sb >= 0 else np.full(256, -1, dtype=np.int32)
         live = (ra >= 0) | (rb >= 0) if (total_a and total_b) else ((ra >= 0) if total_b else (ra >= 0) & (rb >= 0))
         row = np.full(256, -1, dtype=np.int32)
-        for byte in np.flatnonzero(live).tolist():
-            pair = (int(ra[byte]), int(rb[byte]))
+        # most bytes lead to the same few pairs: look each distinct pair up once
+        keys = (ra[live].astype(np.int64) + 1) << 32 | (rb[live].astype(np.int64) + 1)
+        distinct, where = np.unique(keys, return_inverse=True)
+        targets = np.empty(len(distinct), dtype=np.int32)
+        for k, key in enumerate(distinct.tolist()):
+            pair = ((key >> 32) - 1, (key & 0xFFFFFFFF) - 1)
             found = ids.get(pair)
             if found is None:
                 found = ids[pair] = len(order)
                 order.append(pair)
                 if len(order) > max_states:
                     raise LimitError(f"automaton product needs more than {max_states} states")
-            row[byte] = found
+            targets[k] = found
+        row[live] = targets[where]
         rows.append(row)
         i += 1
     accepting = np.array(
