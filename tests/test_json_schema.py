@@ -6,6 +6,7 @@ tests/test_conformance.py; these are targeted checks and error tables.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import warnings
@@ -238,6 +239,43 @@ SCHEMAS: list[tuple[dict[str, Any], list[Any], list[Any]]] = [
         ["ab", 3],
         ["a", 1.5, None],
     ),
+    (
+        {"properties": {"foo": {"type": "string"}}, "dependentSchemas": {"foo": {"properties": {"bar": {"const": "bar"}}, "required": ["bar"]}},
+         "unevaluatedProperties": False},
+        [{"foo": "x", "bar": "bar"}, {}, 3, "x", []],  # properties of a dependent schema count as evaluated
+        [{"bar": "bar"}, {"foo": "x"}, {"foo": "x", "bar": "baz"}, {"foo": 1, "bar": "bar"}, {"foo": "x", "bar": "bar", "z": 1}],
+    ),
+    (
+        {"type": "object", "properties": {"a": {}, "b": {}}, "dependentSchemas": {"a": {"required": ["b"], "properties": {"b": {"type": "integer"}}}, "b": {"maxProperties": 2}}},
+        [{}, {"b": "x"}, {"a": 1, "b": 2}, {"b": 1, "c": 2}, {"c": 1, "d": 2, "e": 3}],
+        [{"a": 1}, {"a": 1, "b": "x"}, {"b": 1, "c": 2, "d": 3}, {"a": 1, "b": 2, "c": 3}],  # b's schema holds with a's
+    ),
+    (
+        {"$schema": "http://json-schema.org/draft-07/schema#", "dependencies": {"x": ["y"], "y": {"properties": {"x": {"type": "integer"}}}, "z": False}},
+        [{}, {"y": 1}, {"x": 1, "y": 1}, {"y": 1, "q": "a"}, "s"],
+        [{"x": 1}, {"x": "a", "y": 1}, {"z": 1}, {"y": 1, "z": None}],
+    ),
+    (
+        {"type": "array", "items": {"enum": ["red", "green", "blue"]}, "uniqueItems": True},
+        [[], ["red"], ["blue", "red"], ["green", "red", "blue"]],
+        [["red", "red"], ["red", "blue", "red"], ["red", "green", "blue", "red"], ["pink"]],
+    ),
+    (
+        {"type": "array", "items": {"enum": [1, 1.0, 2, True, "1", None, [1], {"a": 1}]}, "uniqueItems": True, "minItems": 2},
+        [[1, 2], [1.0, True], [1, "1", [1], None], [True, 1, {"a": 1}]],  # true and "1" differ from 1
+        [[1], [1, 1.0], [1.0, 2, 1], [None, None], [[1], [1]]],
+    ),
+    (
+        {"type": "array", "prefixItems": [{"type": "boolean"}, {"type": ["boolean", "null"]}, {"const": 1}], "items": False, "uniqueItems": True},
+        [[], [True], [True, False], [False, None, 1], [True, None]],
+        [[True, True], [False, None, 1, 2], [None], [True, False, 2]],
+    ),
+    (
+        {"type": "array", "items": {"type": "integer", "minimum": -2, "maximum": 6, "multipleOf": 2}, "uniqueItems": True,
+         "contains": {"minimum": 3}, "maxContains": 1},
+        [[4], [-2, 0, 6], [6, 2, -2, 0]],
+        [[], [0, 2], [4, 6], [4, 4], [-2, 4, -2], [3]],
+    ),
 ]
 
 
@@ -325,6 +363,10 @@ SCHEMA_ERRORS = [
     ({"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}, SchemaError, "/properties/a/$ref"),
     ({"$ref": "https://example.com/other.json"}, UnsupportedSchemaError, "at /$ref"),
     ({"type": "array", "items": {"type": "string"}, "uniqueItems": True}, UnsupportedSchemaError, "at /uniqueItems"),
+    ({"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 40}, "uniqueItems": True}, UnsupportedSchemaError, "41 distinct item values"),
+    ({"type": "array", "items": {"type": "integer", "minimum": 0}, "uniqueItems": True}, UnsupportedSchemaError, "at /uniqueItems"),
+    ({"dependentSchemas": {c: {"required": ["z"]} for c in "abcdefg"}}, UnsupportedSchemaError, "at /dependentSchemas"),
+    ({"dependentSchemas": {"a": {"not": {"format": "email"}}}}, UnsupportedSchemaError, "/not"),
     ({"type": "object", "properties": {"x": {"type": "string", "pattern": "a(b|^c)"}}}, UnsupportedSchemaError, "/properties/x/pattern"),
     ({"oneOf": [{"type": "integer"}, {"format": "email"}]}, UnsupportedSchemaError, "at /oneOf"),
     ({"type": "number", "multipleOf": 0.1}, UnsupportedSchemaError, "at /multipleOf"),
@@ -351,7 +393,7 @@ def test_non_strict_drops_with_one_warning_listing_everything() -> None:
     schema = {
         "type": "object",
         "properties": {"tags": {"type": "array", "items": {"type": "string"}, "uniqueItems": True}},
-        "dependentSchemas": {"tags": {"required": ["x"]}},
+        "dependentSchemas": {c: {"required": ["x"]} for c in ["tags", "a", "b", "c", "d", "e", "f"]},  # over the limit
     }
     with pytest.raises(UnsupportedSchemaError):
         compile_json_schema(schema, BYTE_VOCAB)
@@ -495,3 +537,93 @@ def test_known_strings_have_one_spelling_free_strings_any() -> None:
     assert grammar.accepts_bytes(b'{"free":"caf\\u00e9 \\n \\ud83d\\ude00"}')
     # the escaped spelling of a listed name is not an "additional" property either
     assert not grammar.accepts_bytes(b'{"na\\u00efve":1}')
+
+
+# -- uniqueItems and dependent schemas, checked exhaustively against jsonschema ----------------
+
+
+def _arrays(values: list[Any], longest: int) -> list[list[Any]]:
+    return [list(t) for k in range(longest + 1) for t in itertools.product(values, repeat=k)]
+
+
+UNIQUE_SCHEMAS: list[tuple[dict[str, Any], list[Any], int]] = [
+    # (schema, candidate item values, longest candidate array); candidates are written as the
+    # grammar writes them (enum values as given, integers without fraction)
+    ({"type": "array", "items": {"enum": ["a", "b", "c"]}, "uniqueItems": True}, ["a", "b", "c", "d"], 4),
+    ({"type": "array", "items": {"enum": [1, 1.0, 2, True, None]}, "uniqueItems": True}, [1, 1.0, 2, True, False, None], 4),
+    ({"type": "array", "items": {"type": ["boolean", "null"]}, "uniqueItems": True, "minItems": 2}, [True, False, None, 0], 4),
+    ({"items": [{"type": "boolean"}, {"type": "boolean"}], "uniqueItems": True, "additionalItems": False,
+      "$schema": "http://json-schema.org/draft-07/schema#"}, [True, False, None], 3),
+    ({"type": "array", "prefixItems": [{"enum": [1, 1.0]}], "items": {"enum": [1.0, 2, "x"]}, "uniqueItems": True, "maxItems": 3}, [1, 1.0, 2, "x"], 4),
+    ({"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 4}, "uniqueItems": True,
+      "contains": {"minimum": 3}, "minContains": 1, "maxContains": 1}, [0, 1, 2, 3, 4, 5], 5),
+    ({"type": "array", "items": {"anyOf": [{"$ref": "#/$defs/small"}, {"type": "null"}]}, "uniqueItems": True,
+      "$defs": {"small": {"enum": [[1], {"a": 1, "b": [2]}, [1.0]]}}}, [[1], [1.0], {"a": 1, "b": [2]}, None, [2]], 3),
+    ({"type": "array", "items": {"enum": ["a", "b", "c"], "not": {"const": "b"}}, "uniqueItems": True}, ["a", "b", "c"], 3),
+    ({"type": "array", "allOf": [{"uniqueItems": True}, {"uniqueItems": False, "items": {"type": "boolean"}}]}, [True, False], 3),
+    ({"type": "array", "items": {"type": "boolean"}, "uniqueItems": False}, [True, False, None], 3),
+]
+
+
+@pytest.mark.parametrize("index", range(len(UNIQUE_SCHEMAS)))
+def test_unique_items_language_is_exact(index: int) -> None:
+    schema, values, longest = UNIQUE_SCHEMAS[index]
+    check = validator(schema)
+    for whitespace in ("compact", "flexible"):
+        grammar = compile_json_schema(schema, BYTE_VOCAB, whitespace=whitespace)  # type: ignore[arg-type]
+        candidates = _arrays(values, longest)
+        assert any(check.is_valid(c) for c in candidates) and not all(check.is_valid(c) for c in candidates)
+        for candidate in candidates:
+            assert grammar.accepts_bytes(compact(candidate)) == check.is_valid(candidate), candidate
+        rng = random.Random(index)
+        for _ in range(20):
+            instance = json.loads(random_document(grammar, rng, rng.randrange(2, 40)))
+            assert check.is_valid(instance), instance
+
+
+def _key_orders(value: Any) -> list[Any]:
+    """``value`` written with every order of its object keys (small objects only)."""
+    if not isinstance(value, dict):
+        return [value]
+    out = []
+    for keys in itertools.permutations(value):
+        for values in itertools.product(*(_key_orders(value[k]) for k in keys)):
+            out.append(dict(zip(keys, values)))
+    return out
+
+
+DEPENDENT_SCHEMAS: list[dict[str, Any]] = [
+    {"dependentSchemas": {"bar": {"properties": {"foo": {"type": "integer"}, "bar": {"type": "integer"}}}}},
+    {"dependentSchemas": {"foo": True, "bar": False}},
+    {"properties": {"foo": {}}, "dependentSchemas": {"foo": {"properties": {"bar": {}}, "additionalProperties": False}}},
+    {"properties": {"foo": {}, "bar": {}}, "dependentSchemas": {"foo": {"required": ["bar"]}, "bar": {"properties": {"foo": {"type": "string"}}}},
+     "unevaluatedProperties": False},
+    {"type": "object", "properties": {"foo": {}, "bar": {}}, "dependentSchemas": {"foo": {"maxProperties": 2}},
+     "anyOf": [{"required": ["bar"]}, {"properties": {"foo": {"type": "integer"}}}]},
+    {"$defs": {"d": {"dependentSchemas": {"foo": {"properties": {"bar": {"type": "string"}}}}}},
+     "allOf": [{"$ref": "#/$defs/d"}, {"dependentSchemas": {"bar": {"properties": {"foo": {"type": "integer"}}}}}]},
+    {"$schema": "http://json-schema.org/draft-07/schema#", "dependencies": {"foo": ["bar"], "bar": {"properties": {"foo": {"const": 1}}}}},
+    {"type": "object", "properties": {"x": {"$ref": "#"}}, "dependentSchemas": {"x": {"required": ["foo"]}}},
+]
+
+
+@pytest.mark.parametrize("index", range(len(DEPENDENT_SCHEMAS)))
+def test_dependent_schemas_language_is_exact(index: int) -> None:
+    schema = DEPENDENT_SCHEMAS[index]
+    grammar = compile_json_schema(schema, BYTE_VOCAB)
+    check = validator(schema)
+    values: list[Any] = [1, "s", None]
+    candidates: list[Any] = [0, "x", [], [1]]
+    for names in itertools.chain.from_iterable(itertools.combinations(["foo", "bar", "baz"], k) for k in range(4)):
+        for chosen in itertools.product(values, repeat=len(names)):
+            candidates.append(dict(zip(names, chosen)))
+    candidates += [{"x": {}}, {"x": {"foo": 1}, "foo": 1}, {"x": {"x": {}}, "foo": 1}]
+    assert any(check.is_valid(c) for c in candidates) and not all(check.is_valid(c) for c in candidates)
+    for candidate in candidates:
+        # the grammar writes properties in one order: some key order of the object is accepted
+        accepted = any(grammar.accepts_bytes(compact(v)) for v in _key_orders(candidate))
+        assert accepted == check.is_valid(candidate), candidate
+    rng = random.Random(index)
+    for _ in range(20):
+        instance = json.loads(random_document(grammar, rng, rng.randrange(2, 40)))
+        assert check.is_valid(instance), instance

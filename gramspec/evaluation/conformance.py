@@ -233,6 +233,13 @@ def _parts(schema: Any, root: Any, instance: Any, seen: frozenset[int] = frozens
     if isinstance(branches, list):
         for branch in branches:
             out.extend(_parts(branch, root, instance, seen))
+    if isinstance(instance, dict):  # the compiler's order: dependent schemas of present names next
+        for key in ("dependentSchemas", "dependencies"):
+            entries = schema.get(key)
+            if isinstance(entries, dict):
+                for name, sub in entries.items():
+                    if name in instance and isinstance(sub, dict):
+                        out.extend(_parts(sub, root, instance, seen))
     for key in ("anyOf", "oneOf"):
         branches = schema.get(key)
         if isinstance(branches, list):

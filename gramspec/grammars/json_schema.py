@@ -113,6 +113,12 @@ DEFAULT_COMPILE_SECONDS = 30.0
 DEFAULT_MAX_WHITESPACE = 4
 #: Default bound on how far arrays/objects with counted bounds are unrolled.
 DEFAULT_MAX_UNROLL = 1024
+#: Names with dependent schemas one object may have (one grammar branch per subset of them present).
+MAX_DEPENDENT_SCHEMAS = 6
+#: Values an item of a ``uniqueItems`` array may take from, at most (counted per integer range too).
+MAX_UNIQUE_VALUES = 64
+#: Sets of used values (automaton states) a ``uniqueItems`` array may need, at most.
+MAX_UNIQUE_STATES = 4096
 
 
 @dataclass
@@ -229,6 +235,8 @@ class _Compiler:
         self.memo: dict[int, Symbol] = {}
         self.keep_alive: list[Any] = []  # merged schemas, so ids in memo stay unique
         self.merges: dict[tuple[bool, tuple[int, ...]], Any] = {}
+        self.expansions: dict[int, dict[str, Any]] = {}  # schemas with their dependent schemas expanded
+        self.siblings: dict[tuple[int, str], dict[str, Any]] = {}
         draft = str(root.get("$schema", "")) if isinstance(root, dict) else ""
         self.ref_siblings_ignored = any(d in draft for d in ("draft-04", "draft-06", "draft-07", "draft-03"))
 
@@ -276,6 +284,16 @@ class _Compiler:
             return self.g.literal(char)
         ws = rf"[ \t\n\r]{{0,{self.max_ws}}}"
         return self.g.regex(ws + re.escape(char) + ws, repr(char))
+
+    def without(self, schema: dict[str, Any], keyword: str) -> dict[str, Any]:
+        """``schema`` less ``keyword``, the same dict each time: merges of it are memoized by
+        id, so recursive schemas (a property ``$ref: "#"`` beside ``anyOf``) close into cycles."""
+        key = (id(schema), keyword)
+        found = self.siblings.get(key)
+        if found is None:
+            found = self.siblings[key] = {k: v for k, v in schema.items() if k != keyword}
+            self.keep_alive.append((schema, found))
+        return found
 
     # -- references ------------------------------------------------------------------
 
@@ -326,9 +344,12 @@ class _Compiler:
 
     def alternatives(self, schema: dict[str, Any], pointer: str) -> Iterator[Symbol]:
         """Symbols whose union is the language of ``schema``."""
+        if _has_dependent_schemas(schema):
+            yield from self.alternatives(self.expand_dependent_schemas(schema, pointer), pointer)
+            return
         if "$ref" in schema:
             target, _ = self.resolve(schema["$ref"], pointer)
-            rest = {k: v for k, v in schema.items() if k != "$ref"}
+            rest = self.without(schema, "$ref")
             if self.ref_siblings_ignored or not _constraining(rest):
                 yield self.value(target, pointer + "/$ref")
                 return
@@ -339,7 +360,7 @@ class _Compiler:
             parts = schema["allOf"]
             if not isinstance(parts, list):
                 raise SchemaError("allOf must be an array", pointer=pointer + "/allOf")
-            rest = {k: v for k, v in schema.items() if k != "allOf"}
+            rest = self.without(schema, "allOf")
             yield self.value(self.merge([rest, *parts], pointer), pointer)
             return
         for keyword in ("anyOf", "oneOf"):
@@ -347,7 +368,7 @@ class _Compiler:
                 branches = schema[keyword]
                 if not isinstance(branches, list) or not branches:
                     raise SchemaError(f"{keyword} must be a non-empty array", pointer=f"{pointer}/{keyword}")
-                rest = {k: v for k, v in schema.items() if k != keyword}
+                rest = self.without(schema, keyword)
                 if keyword == "oneOf" and not _pairwise_disjoint(branches, self):
                     # exactly one: branch i and the negation of every other branch
                     negations = [_negate(b, self.resolve_ref) for b in branches]  # type: ignore[arg-type]
@@ -382,15 +403,53 @@ class _Compiler:
         for keyword in ("$dynamicRef", "$recursiveRef"):
             if keyword in schema:
                 self.unsupported(keyword, pointer, "dynamic references are not supported")
-        for keyword in ("dependentSchemas", "dependencies"):
-            if keyword in schema and schema[keyword] not in (True, {}):
-                if keyword == "dependencies" and all(isinstance(v, list) for v in schema[keyword].values()):
-                    continue
-                self.unsupported(keyword, pointer)
         if "enum" in schema or "const" in schema:
             yield from self.enumerated(schema, pointer)
             return
         yield from self.typed(schema, pointer)
+
+    def expand_dependent_schemas(self, schema: dict[str, Any], pointer: str) -> dict[str, Any]:
+        """``schema`` with ``dependentSchemas`` (and the schema form of ``dependencies``) as
+        ``anyOf`` branches: one for non-objects, which the keywords leave alone, and one per
+        choice of which trigger names are present, requiring those names and their schemas
+        and forbidding the others. This is ``allOf: [{if: {required: [a]}, then: S}, ...]``
+        with each ``if`` resolved; the branches are disjoint, so annotations (for
+        ``unevaluatedProperties``) come from exactly one of them."""
+        found = self.expansions.get(id(schema))
+        if found is not None:
+            return found
+        rest = dict(schema)
+        triggers: dict[str, Any] = {}
+        keywords = [k for k in ("dependentSchemas", "dependencies") if k in schema]
+        for keyword in keywords:
+            entries = rest.pop(keyword)
+            if not isinstance(entries, dict):
+                raise SchemaError(f"{keyword} must be an object", pointer=f"{pointer}/{keyword}")
+            lists = {k: v for k, v in entries.items() if isinstance(v, list)}
+            if keyword == "dependencies" and lists:
+                rest[keyword] = lists  # the array form stays: object() enforces it
+            for name, sub in entries.items():
+                if name in lists or sub is True or sub == {}:
+                    continue
+                triggers[name] = {"allOf": [triggers[name], sub]} if name in triggers else sub
+        if len(triggers) > MAX_DEPENDENT_SCHEMAS:
+            self.unsupported(keywords[0], pointer, f"more than {MAX_DEPENDENT_SCHEMAS} names with dependent schemas")
+            triggers = {}
+        branches: list[Any] = [{"type": [t for t in _TYPES if t not in ("object", "integer")]}] if triggers else []
+        for present in itertools.product((False, True), repeat=len(triggers)) if triggers else ():
+            chosen = [name for name, there in zip(triggers, present) if there]
+            branch: dict[str, Any] = {"type": "object", "required": chosen, "allOf": [triggers[n] for n in chosen]}
+            absent = {name: False for name in triggers if name not in chosen}
+            if absent:
+                branch["properties"] = absent
+            branches.append(branch)
+        if branches and "anyOf" in rest:  # the schema's own anyOf and these must both hold
+            rest["allOf"] = [*rest.get("allOf", []), {"anyOf": branches}]
+        elif branches:
+            rest["anyOf"] = branches
+        self.expansions[id(schema)] = rest
+        self.keep_alive.append((schema, rest))
+        return rest
 
     def if_then_else(self, schema: dict[str, Any], pointer: str) -> Iterator[Symbol]:
         condition = schema["if"]
@@ -434,6 +493,9 @@ class _Compiler:
         and items too.
         """
         self.check_time()
+        kept = [s for s in schemas if s is not True and s != {}]
+        if len(kept) == 1:  # X and true is X itself: recursive merges then close into cycles
+            return kept[0]
         key = (container, tuple(id(s) for s in schemas))
         if key in self.merges:  # recursive definitions merge into a cycle of merged schemas
             return self.merges[key]
@@ -484,7 +546,7 @@ class _Compiler:
         for _ in range(32):  # follow $ref chains
             if isinstance(schema, dict) and "$ref" in schema:
                 target, _ = self.resolve(schema["$ref"], pointer)
-                rest = {k: v for k, v in schema.items() if k != "$ref"}
+                rest = self.without(schema, "$ref")
                 schema = self.merge([rest, target], pointer) if _constraining(rest) and not self.ref_siblings_ignored else target
             else:
                 break
@@ -494,8 +556,10 @@ class _Compiler:
             return False
         if not isinstance(schema, dict):
             raise SchemaError("expected a schema", pointer=pointer)
+        if _has_dependent_schemas(schema):
+            schema = self.expand_dependent_schemas(schema, pointer)
         if "allOf" in schema:
-            return self.merge([{k: v for k, v in schema.items() if k != "allOf"}, *schema["allOf"]], pointer)
+            return self.merge([self.without(schema, "allOf"), *schema["allOf"]], pointer)
         if isinstance(schema.get("items"), list):  # draft 4-7 tuple form
             tuple_form = schema
             schema = {k: v for k, v in schema.items() if k not in ("items", "additionalItems")}
@@ -574,6 +638,11 @@ class _Compiler:
     # -- enum / const ---------------------------------------------------------------------
 
     def enumerated(self, schema: dict[str, Any], pointer: str) -> Iterator[Symbol]:
+        for value in self.enum_values(schema, pointer):
+            yield self.constant(value)
+
+    def enum_values(self, schema: dict[str, Any], pointer: str) -> list[Any]:
+        """The ``enum``/``const`` values that also satisfy the sibling keywords, one per spelling."""
         values = [schema["const"]] if "const" in schema else schema["enum"]
         if not isinstance(values, list):
             raise SchemaError("enum must be an array", pointer=pointer + "/enum")
@@ -584,6 +653,7 @@ class _Compiler:
                 rest, format_checker=jsonschema.FormatChecker()
             )
         seen: set[str] = set()
+        kept: list[Any] = []
         excluded = schema.get(_NOT_ENUM, [])
         for value in values:
             if any(_json_equal(value, v) for v in excluded):
@@ -600,7 +670,8 @@ class _Compiler:
             if text in seen:
                 continue
             seen.add(text)
-            yield self.constant(value)
+            kept.append(value)
+        return kept
 
     def constant(self, value: Any) -> Symbol:
         if isinstance(value, str):
@@ -967,14 +1038,19 @@ class _Compiler:
         max_items = schema.get("maxItems")
         if max_items is not None:
             max_items = _non_negative_int(max_items, pointer + "/maxItems")
-        if schema.get("uniqueItems") is True and (max_items is None or max_items > 1):
-            self.unsupported("uniqueItems", pointer, "uniqueness is not context-free")
         contains = schema.get("contains")
         min_contains = max_contains = None
         if contains is not None:
             min_contains = _non_negative_int(schema.get("minContains", 1), pointer + "/minContains")
             if "maxContains" in schema:
                 max_contains = _non_negative_int(schema["maxContains"], pointer + "/maxContains")
+        longest = len(prefix) if items is False else None  # no arrays longer than this
+        if max_items is not None:
+            longest = max_items if longest is None else min(longest, max_items)
+        if schema.get("uniqueItems") is True and (longest is None or longest > 1):
+            unique = self.unique_array(prefix, items, min_items, longest, contains, min_contains, max_contains, pointer)
+            if unique is not None:
+                return unique
         negated = None
         if max_contains is not None:
             negated = _negate(contains, self.resolve_ref)
@@ -1048,6 +1124,123 @@ class _Compiler:
         g.rule(symbol, self.punct("["), seq(True, 0, 0), self.punct("]"))
         return symbol
 
+    def unique_array(
+        self,
+        prefix: list[Any],
+        items: Any,
+        min_items: int,
+        longest: int | None,
+        contains: Any,
+        min_contains: int | None,
+        max_contains: int | None,
+        pointer: str,
+    ) -> Symbol | None:
+        """Arrays with pairwise distinct items, when every position takes its values from a
+        small finite set: an automaton whose state is the set of values used so far (and the
+        count of ``contains`` matches). Values equal as JSON (``1``, ``1.0``) share a slot.
+        None (after reporting ``uniqueItems``) when this is not expressible."""
+        g = self.g
+        counted = contains is not None and (bool(min_contains) or max_contains is not None)
+        min_contains = min_contains if counted and min_contains is not None else 0
+        cap = max_contains if max_contains is not None else min_contains
+        slots: list[Any] = []  # one value per JSON-equality class
+        positions: list[list[tuple[int, Symbol, bool]]] = []  # (slot, spelling, matches contains)
+        for j in range(len(prefix) + 1):
+            if longest is not None and j >= longest:
+                break
+            sub = prefix[j] if j < len(prefix) else items
+            sub_pointer = f"{pointer}/prefixItems/{j}" if j < len(prefix) else f"{pointer}/items"
+            values = self.finite_values(sub, sub_pointer)
+            matched = self.finite_values(self.merge([sub, contains], sub_pointer), sub_pointer) if counted else []
+            if values is None or matched is None:
+                why = "items must come from a small finite set of values (enum, const, boolean, null, small integer range)"
+                self.unsupported("uniqueItems", pointer, why)
+                return None
+            matching = {_canonical(v) for v in matched}
+            position = []
+            for value in values:
+                slot = next((i for i, v in enumerate(slots) if _json_equal(v, value)), None)
+                if slot is None:
+                    slot = len(slots)
+                    slots.append(value)
+                position.append((slot, self.constant(value), _canonical(value) in matching))
+            positions.append(position)
+        n = len(slots)
+        length = n if longest is None else min(n, longest)
+        states = sum(math.comb(n, k) for k in range(length + 1)) * (cap + 1)
+        if states > MAX_UNIQUE_STATES:
+            why = f"{n} distinct item values need {states} states (limit {MAX_UNIQUE_STATES})"
+            self.unsupported("uniqueItems", pointer, why)
+            return None
+        memo: dict[tuple[frozenset[int], int], Symbol] = {}
+
+        def state(used: frozenset[int], count: int) -> Symbol:
+            key = (used, count)
+            if key in memo:
+                return memo[key]
+            symbol = memo[key] = g.nonterminal(f"{pointer}/unique{sorted(used)}")
+            j = len(used)  # every item takes a new slot, so the length is the number used
+            if j >= min_items and count >= min_contains:
+                g.rule(symbol)
+            if j < length:
+                sep = (self.punct(","),) if j else ()
+                for slot, spelling, matches in positions[min(j, len(positions) - 1)]:
+                    after = count + matches
+                    if slot in used or (max_contains is not None and after > max_contains):
+                        continue
+                    g.rule(symbol, *sep, spelling, state(used | {slot}, min(after, cap)))
+            return symbol
+
+        symbol = g.nonterminal(pointer + "/array")
+        g.rule(symbol, self.punct("["), state(frozenset(), 0), self.punct("]"))
+        return symbol
+
+    def finite_values(self, schema: Any, pointer: str, depth: int = 0) -> list[Any] | None:
+        """The values the grammar of ``schema`` writes, one per spelling, when that is a
+        small finite set this can read off the schema (enum/const, null, boolean, small
+        integer ranges, and anyOf/$ref/allOf of those); None otherwise."""
+        schema = self.flatten(schema, pointer)
+        if schema is False:
+            return []
+        if depth > 8 or any(k in schema for k in ("$dynamicRef", "$recursiveRef", "oneOf")):
+            return None
+        if "not" in schema:
+            schema = self.apply_not(schema, pointer)
+            if schema is None:
+                return []
+            return self.finite_values(schema, pointer, depth + 1)
+        if "if" in schema and ("then" in schema or "else" in schema):
+            return None
+        if "anyOf" in schema:
+            rest = self.without(schema, "anyOf")
+            values: list[Any] = []
+            for branch in schema["anyOf"]:
+                found = self.finite_values(self.merge([rest, branch], pointer) if _constraining(rest) else branch, pointer, depth + 1)
+                if found is None:
+                    return None
+                values.extend(v for v in found if all(_canonical(v) != _canonical(w) for w in values))
+            return values
+        if "enum" in schema or "const" in schema:
+            return self.enum_values(schema, pointer)
+        types = schema.get("type")
+        if types is None:
+            return None
+        listed = {types} if isinstance(types, str) else set(types)
+        excluded = schema.get(_NOT_ENUM, [])
+        values = [v for t, v in (("null", None), ("boolean", True), ("boolean", False)) if t in listed]
+        values = [v for v in values if not any(_json_equal(v, x) for x in excluded)]
+        if listed - {"null", "boolean", "integer"}:
+            return None  # numbers, strings, arrays, objects: (practically) unbounded
+        if "integer" in listed:  # as number() writes them: one spelling each
+            lo, hi = _integer_bounds(*_bounds(schema, pointer))
+            multiple = schema.get("multipleOf", 1)
+            if lo is None or hi is None or hi - lo >= MAX_UNIQUE_VALUES or not _numeric(multiple, 1):
+                return None
+            if not float(multiple).is_integer():
+                return None
+            values.extend(x for x in range(lo, hi + 1) if x % int(multiple) == 0)
+        return values
+
     # -- any value -----------------------------------------------------------------------------
 
     def any_value(self) -> Symbol:
@@ -1075,6 +1268,14 @@ class _Compiler:
 
 
 # -- helpers -------------------------------------------------------------------------------------
+
+
+def _has_dependent_schemas(schema: dict[str, Any]) -> bool:
+    """Whether ``schema`` has ``dependentSchemas`` or the schema form of ``dependencies``."""
+    dependencies = schema.get("dependencies")
+    return "dependentSchemas" in schema or (
+        isinstance(dependencies, dict) and any(not isinstance(v, list) for v in dependencies.values())
+    )
 
 
 def _constraining(schema: dict[str, Any]) -> bool:
@@ -1415,6 +1616,11 @@ def _evaluation_clash(container: dict[str, Any], negated: Any) -> bool:
     return any(f'"{k}"' in text for k in _STRUCTURAL)
 
 
+def _canonical(value: Any) -> str:
+    """The compact text the grammar writes for a known value."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
 def _json_equal(x: Any, y: Any) -> bool:
     """Equality as JSON sees it: 1 == 1.0, but true != 1."""
     if isinstance(x, bool) or isinstance(y, bool):
@@ -1527,6 +1733,8 @@ def _negate_keyword(key: str, value: Any, resolve: Any = None, depth: int = 0) -
         return False if not branches else branches[0] if len(branches) == 1 else {"anyOf": branches}
     if key == "pattern" and isinstance(value, str):
         return {"type": "string", _NOT_PATTERN: [value]}
+    if key == "uniqueItems" and value is False:
+        return False  # always holds, so its negation never does
     if key == "not":
         return value if value is not True else {}
     if key == "allOf" and isinstance(value, list):
@@ -1609,6 +1817,8 @@ def _merge_two(a: dict[str, Any], b: dict[str, Any], compiler: _Compiler, pointe
             out[key] = sorted(both)
         elif key == "required":
             out[key] = list(dict.fromkeys([*mine, *value]))
+        elif key == "uniqueItems":
+            out[key] = mine is True or value is True
         elif key == "multipleOf" and all(isinstance(v, int) and not isinstance(v, bool) for v in (mine, value)):
             out[key] = math.lcm(mine, value)
         elif key in (_NOT_ENUM, _NOT_PATTERN):
