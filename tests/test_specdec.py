@@ -23,7 +23,13 @@ from stats import fits
 from gramspec import Vocabulary
 from gramspec.evaluation.toy import ToyLM
 from gramspec.grammars import compile_regex
-from gramspec.plugins import GrammarMask, Pipeline, Temperature, TopK, apply_token_bitmask
+from gramspec.plugins import (
+    GrammarMask,
+    Pipeline,
+    Temperature,
+    TopK,
+    apply_token_bitmask,
+)
 from gramspec.specdec import (
     Chain,
     Draft,
@@ -43,7 +49,7 @@ from gramspec.specdec import (
     verify_stochastic,
 )
 from gramspec.specdec import loop as loop_module
-from gramspec.specdec.drafters import crop_cache
+from gramspec.specdec.drafters import crop_cache, walk_allowed
 
 # ids: 0 a, 1 b, 2 ab, 3 ba, 4 c, 5 <eos>, 6 x (prompt only), 7 y (prompt only)
 TOKENS = [b"a", b"b", b"ab", b"ba", b"c", b"", b"x", b"y"]
@@ -317,12 +323,99 @@ def test_grammar_forced_tokens_and_chain_order(grammar: Any) -> None:
 
 
 def test_token_recycling_follows_the_successors_the_target_predicted() -> None:
-    recycling = TokenRecycling(top_k=2)
+    recycling = TokenRecycling(top_k=2, max_children=1)
     assert recycling.propose(_context([6, 0]), 3).tokens == []
     logits = torch.full((3, len(TOKENS)), -5.0)
     logits[0, 1] = logits[1, 2] = logits[2, 0] = 5.0  # after 0 comes 1, after 3 comes 2, after 2 comes 0
     recycling.observe([0, 3, 2], logits, accepted=0)  # rejected rows are recycled too
-    assert recycling.propose(_context([6, 3]), 4).tokens == [2, 0, 1]
+    draft = recycling.propose(_context([6, 3]), 4)
+    assert draft.tokens == [2, 0, 1] and not draft.is_tree
+
+
+def test_token_recycling_grows_a_tree_best_first_inside_the_grammar(grammar: Any) -> None:
+    recycling = TokenRecycling(top_k=3, max_children=2)
+    logits = torch.full((len(TOKENS), len(TOKENS)), -5.0)
+    for token in range(len(TOKENS)):  # successors of t: t+1 (best), then t+2
+        logits[token, (token + 1) % len(TOKENS)] = 5.0
+        logits[token, (token + 2) % len(TOKENS)] = 4.0
+    recycling.observe(list(range(len(TOKENS))), logits, accepted=0)
+    for matcher_grammar in (None, grammar):
+        context = _context([6, 0], matcher_grammar, [0] if matcher_grammar is not None else [])
+        draft = recycling.propose(context, 6)
+        assert len(draft) <= 6 and draft.parents is not None
+        if matcher_grammar is None:
+            assert draft.is_tree and len(draft) == 6
+        survival = draft.survival()
+        assert survival == sorted(survival, reverse=True)  # best-first: parents before children
+        for i, (token, parent) in enumerate(zip(draft.tokens, draft.parents)):
+            source = context.tokens[-1] if parent < 0 else draft.tokens[parent]
+            assert token in recycling.M[source, :2].tolist()
+            path = [draft.tokens[j] for j in _path(draft.parents, i)]
+            if context.matcher is not None:
+                assert walk_allowed(context.matcher, path) == len(path), path  # inside the grammar
+        siblings = [(p, t) for t, p in zip(draft.tokens, draft.parents)]
+        assert len(set(siblings)) == len(siblings)
+
+
+def _path(parents: list[int], i: int) -> list[int]:
+    out = []
+    while i >= 0:
+        out.append(i)
+        i = parents[i]
+    return out[::-1]
+
+
+def test_tree_verification_has_the_target_law() -> None:
+    """Deterministic siblings: the emitted sequence has the law of drawing pi token by
+    token (exactly enumerated), and a verifier that takes the first child whenever the
+    draw is any child fails the same test."""
+    torch.manual_seed(0)
+    pi = torch.softmax(torch.randn(5) * 1.2, dim=0)
+    tokens, parents = [1, 3, 4, 2, 0], [-1, -1, 0, 0, 1]  # root: 1, 3; under 1: 4, 2; under 3: 0
+    children = {-1: {1: 0, 3: 1}, 0: {4: 2, 2: 3}, 1: {0: 4}}
+
+    def exact(node: int = -1, prefix: tuple[int, ...] = ()) -> dict[tuple[int, ...], float]:
+        law: dict[tuple[int, ...], float] = {}
+        for y in range(5):
+            p = float(pi[y])
+            child = children.get(node, {}).get(y)
+            if child is None:
+                law[prefix + (y,)] = p
+            else:
+                for seq, q in exact(child, prefix + (y,)).items():
+                    law[seq] = p * q
+        return law
+
+    law = exact()
+    outcomes = sorted(law)
+    generator = torch.Generator().manual_seed(1)
+
+    def draw(i: int) -> int:
+        return int(torch.multinomial(pi, 1, generator=generator))
+
+    def sample_counts(verify: Callable[[], list[int]]) -> np.ndarray:
+        counts = Counter(tuple(verify()) for _ in range(20000))
+        assert set(counts) <= set(outcomes)
+        return np.array([counts[o] for o in outcomes])
+
+    probs = np.array([law[o] for o in outcomes])
+    ok, stat, df = fits(sample_counts(lambda: verify_deterministic(tokens, draw, parents=parents)), probs)
+    assert ok, (stat, df)
+
+    def biased() -> list[int]:  # wrong: any child drawn counts as the first child
+        out, node = [], -1
+        while True:
+            y = draw(node + 1)
+            kids = children.get(node, {})
+            if y not in kids:
+                return [*out, y]
+            first = min(kids, key=kids.get)  # type: ignore[arg-type]
+            out.append(first)
+            node = kids[first]
+
+    assert not fits(sample_counts(biased), probs)[0]
+    with pytest.raises(ValueError, match="twice"):
+        verify_deterministic([1, 1], lambda i: 0, parents=[-1, -1])
 
 
 def test_trigram_table_learns_from_text_and_target_predictions() -> None:
@@ -420,6 +513,78 @@ def test_speculative_sampling_matches_the_exact_law(
     assert ok, (stat, df)
 
 
+class WideTree(Drafter):
+    """Every token the grammar allows, two levels deep, in descending id order: a
+    bushy tree whose accepted path is seldom its first nodes."""
+
+    name = "wide-tree"
+
+    def propose(self, context: DraftContext, k: int) -> Draft:
+        matcher = context.matcher
+        tokens: list[int] = []
+        parents: list[int] = []
+        level = [(-1, [])]
+        for _ in range(2):
+            below = []
+            for node, path in level:
+                for token in sorted(range(len(TOKENS)), reverse=True):
+                    if len(tokens) >= k or (path and path[-1] == EOS):
+                        break
+                    if walk_allowed(matcher, [*path, token], frozenset([EOS])) == len(path) + 1:
+                        tokens.append(token)
+                        parents.append(node)
+                        below.append((len(tokens) - 1, [*path, token]))
+            level = below
+        return Draft(tokens, None, [0.5] * len(tokens), parents)
+
+
+TREE_REGEX = r"[ab]{2,4}c"
+
+
+@pytest.fixture(scope="module")
+def tree_grammar() -> Any:
+    return compile_regex(TREE_REGEX, VOCAB, disk_cache=False)
+
+
+@pytest.fixture(scope="module")
+def tree_law(target: Any, tree_grammar: Any) -> dict[tuple[int, ...], float]:
+    return exact_law(target, tree_grammar, temperature=1.0)
+
+
+def test_token_trees_keep_the_exact_law(target: Any, tree_grammar: Any, tree_law: dict[tuple[int, ...], float]) -> None:
+    counts, totals = sample_sequences(target, tree_grammar, WideTree(), SAMPLES, k=8, seed=5)
+    assert totals["drafted"] > 3 * SAMPLES and totals["accepted"] > SAMPLES
+    ok, stat, df = check_law(counts, tree_law)
+    assert ok, (stat, df)
+    greedy_plain = decode(target, PROMPT, _reset(make_pipeline(tree_grammar)), eos_ids=frozenset([EOS]),
+                          max_new_tokens=10, greedy=True).tokens
+    greedy_tree = decode(target, PROMPT, _reset(make_pipeline(tree_grammar)), eos_ids=frozenset([EOS]),
+                         max_new_tokens=10, greedy=True, drafter=WideTree(), draft_length=8).tokens
+    assert greedy_tree == greedy_plain
+
+
+def _reset(pipeline: Pipeline) -> Pipeline:
+    pipeline.reset(PROMPT)
+    return pipeline
+
+
+@pytest.mark.parametrize("sabotage", ["causal-mask", "keep-tree-cache"])
+def test_broken_tree_attention_fails_the_same_test(
+    target: Any, tree_grammar: Any, tree_law: dict[tuple[int, ...], float], sabotage: str, monkeypatch: Any
+) -> None:
+    if sabotage == "causal-mask":  # every node attends to all nodes before it, as in a chain
+        real = loop_module.tree_attention
+        monkeypatch.setattr(loop_module, "tree_attention",
+                            lambda cached, committed, parents, dtype, device: real(
+                                cached, committed, list(range(-1, len(parents) - 1)), dtype, device))
+    else:  # the cache keeps the first tree nodes as if they were the accepted path
+        real_crop = loop_module.crop_cache
+        monkeypatch.setattr(loop_module, "crop_cache", lambda cache, length: real_crop(cache, length + 1))
+    counts, _ = sample_sequences(target, tree_grammar, WideTree(), SAMPLES, k=8, seed=5)
+    ok, stat, df = check_law(counts, tree_law)
+    assert not ok, (stat, df)
+
+
 def _biased_verify(
     pipeline: Pipeline, logits: torch.Tensor, draft: Draft, greedy: bool, generator: Any, eos_ids: frozenset[int]
 ) -> list[int]:
@@ -506,9 +671,9 @@ def test_a_transformers_model_and_its_kv_cache(grammar: Any) -> None:
 
 
 def test_layer_skip_drafts_with_part_of_the_target(grammar: Any) -> None:
-    from gramspec.specdec import LayerSkip
-
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    from gramspec.specdec import LayerSkip
 
     torch.manual_seed(3)
     config = LlamaConfig(vocab_size=len(TOKENS), hidden_size=16, intermediate_size=32, num_hidden_layers=4,

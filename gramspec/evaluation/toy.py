@@ -65,11 +65,29 @@ class ToyLM(torch.nn.Module):
             self._memo[prefix] = found
         return found
 
-    def forward(self, input_ids: torch.Tensor, past_key_values: ToyCache | None = None, use_cache: bool = True) -> Any:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        past_key_values: ToyCache | None = None,
+        use_cache: bool = True,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> Any:
+        """Logits after each input token. A 4D ``attention_mask`` (``(1, 1, q, cached + q)``,
+        0 where attending) gives each row its own prefix, as tree attention does; the
+        cache then holds every input, as a real KV cache would, until it is cropped."""
         self.calls += 1
         cache = past_key_values if past_key_values is not None else ToyCache()
+        inputs = [int(t) for t in input_ids[0].tolist()]
+        cached = list(cache.tokens)
         rows = []
-        for token in input_ids[0].tolist():
-            cache.tokens.append(int(token))
-            rows.append(self.logits_after(tuple(cache.tokens)))
+        for j, token in enumerate(inputs):
+            if attention_mask is None:
+                prefix = cached + inputs[: j + 1]
+            else:
+                allowed = (attention_mask[0, 0, j] == 0).tolist()
+                past = [t for t, ok in zip(cached, allowed) if ok]
+                prefix = past + [t for t, ok in zip(inputs, allowed[len(cached) :]) if ok]
+            rows.append(self.logits_after(tuple(prefix)))
+        cache.tokens.extend(inputs)
         return SimpleNamespace(logits=torch.stack(rows)[None], past_key_values=cache)

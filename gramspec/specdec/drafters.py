@@ -37,15 +37,45 @@ class Draft:
 
     tokens: list[int] = field(default_factory=list)
     q: torch.Tensor | None = None
-    #: Estimated chance that the target accepts each token (for the adaptive draft length).
+    #: Estimated chance that the target accepts each token once its parent was
+    #: accepted (for the adaptive draft length).
     confidence: list[float] = field(default_factory=list)
+    #: A token tree: ``parents[i]`` is the index of token ``i``'s parent in ``tokens``
+    #: (always below ``i``), -1 for a child of the last committed token; siblings are
+    #: distinct tokens. None: a chain (token ``i``'s parent is ``i - 1``).
+    parents: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.parents is not None:
+            if len(self.parents) != len(self.tokens) or any(not -1 <= p < i for i, p in enumerate(self.parents)):
+                raise ValueError(f"tree parents {self.parents} do not fit {len(self.tokens)} tokens in topological order")
+            if self.q is not None:
+                raise ValueError("token trees are deterministic drafts (no q)")
 
     def __len__(self) -> int:
         return len(self.tokens)
 
+    @property
+    def is_tree(self) -> bool:
+        return self.parents is not None and any(p != i - 1 for i, p in enumerate(self.parents))
+
+    def parent(self, i: int) -> int:
+        return i - 1 if self.parents is None else self.parents[i]
+
     def truncate(self, n: int) -> Draft:
+        """The first ``n`` tokens (for a tree, a subtree: parents come first)."""
         q = None if self.q is None else self.q[:n]
-        return Draft(self.tokens[:n], q, self.confidence[:n])
+        parents = None if self.parents is None else self.parents[:n]
+        return Draft(self.tokens[:n], q, self.confidence[:n], parents)
+
+    def survival(self) -> list[float]:
+        """Each token's predicted chance of being accepted: the product of the
+        confidences on its path."""
+        out: list[float] = []
+        for i, confidence in enumerate(self.confidence):
+            parent = self.parent(i)
+            out.append(confidence * (out[parent] if parent >= 0 else 1.0))
+        return out
 
 
 @dataclass
@@ -194,35 +224,108 @@ class TokenRecycling(Drafter):
 
     Every verification forward refreshes ``M`` for every token it read, so candidate
     tokens the target computed but did not emit are recycled as future drafts.
-    This drafter follows the top-1 successor (a chain draft).
+
+    The draft is a token tree grown best-first: a node's children are its token's
+    successors in ``M`` (those the grammar allows on that path), and the next node
+    added is the candidate with the highest predicted survival, the product along
+    its path of acceptance rates estimated online per (depth, rank among siblings).
+    ``max_children=1`` drafts a chain along the top-1 successors.
     """
 
     name = "recycling"
     wants_logits = True
 
-    def __init__(self, vocab_size: int | None = None, top_k: int = 8) -> None:
-        self.top_k = top_k
+    def __init__(self, vocab_size: int | None = None, top_k: int = 8, max_children: int | None = None) -> None:
+        max_children = min(4, top_k) if max_children is None else max_children
+        if not 1 <= max_children <= top_k:
+            raise ValueError(f"max_children must be in 1..top_k ({top_k}), not {max_children}")
+        self.top_k, self.max_children = top_k, max_children
         self.M: torch.Tensor | None = None if vocab_size is None else self._empty(vocab_size)
-        self.rate = AcceptanceRate()
+        #: acceptance estimates per (depth, rank): rank-r child accepted once its parent was
+        self.rates = [[0.5 * 0.5**r for r in range(max_children)] for _ in range(16)]
+        #: (sequence length, its last tokens, draft, ranks): the last tree, to learn from
+        self._last: tuple[int, list[int], Draft, list[int]] | None = None
+        self._verified = 0
 
     def _empty(self, vocab_size: int) -> torch.Tensor:
         return torch.full((vocab_size, self.top_k), -1, dtype=torch.long)
 
+    def _rate(self, depth: int, rank: int) -> float:
+        return self.rates[min(depth, len(self.rates) - 1)][rank]
+
     def propose(self, context: DraftContext, k: int) -> Draft:
-        if self.M is None or not context.tokens:
+        self._learn(context.tokens)
+        if self.M is None or not context.tokens or k < 1:
             return Draft()
-        out: list[int] = []
-        token = int(context.tokens[-1])
-        while len(out) < k and 0 <= token < self.M.shape[0]:
-            token = int(self.M[token, 0])
-            if token < 0:
+        import heapq
+
+        M, matcher, eos = self.M, context.matcher, context.eos_ids
+        tokens: list[int] = []
+        parents: list[int] = []
+        confidence: list[float] = []
+        ranks: list[int] = []
+        paths: list[list[int]] = []
+        candidates: list[tuple[float, int, int, int, int]] = []  # (-survival, order, parent, token, rank)
+        counter = 0
+
+        def expand(node: int, token: int, survival: float, depth: int) -> None:
+            nonlocal counter
+            if token in eos or not 0 <= token < M.shape[0]:
+                return
+            seen: set[int] = set()
+            for child in M[token].tolist():
+                if len(seen) >= self.max_children:
+                    break
+                if child < 0 or child in seen:
+                    continue
+                seen.add(child)
+                rank = len(seen) - 1
+                heapq.heappush(candidates, (-survival * self._rate(depth, rank), counter, node, child, rank))
+                counter += 1
+
+        expand(-1, int(context.tokens[-1]), 1.0, 0)
+        while candidates and len(tokens) < k:
+            neg, _, parent, token, rank = heapq.heappop(candidates)
+            path = (paths[parent] if parent >= 0 else []) + [token]
+            if walk_allowed(matcher, path, eos) < len(path):
+                continue  # outside the grammar on this path
+            depth = len(path) - 1
+            tokens.append(token)
+            parents.append(parent)
+            confidence.append(self._rate(depth, rank))
+            ranks.append(rank)
+            paths.append(path)
+            expand(len(tokens) - 1, token, -neg, depth + 1)
+        draft = Draft(tokens, None, confidence, parents)
+        self._last = (len(context.tokens), list(context.tokens[-8:]), draft, ranks)
+        return draft
+
+    def _learn(self, sequence: Sequence[int]) -> None:
+        """Update the (depth, rank) estimates from the last tree's verified part and what
+        followed it: the accepted path is the tree walked along the actual tokens."""
+        if self._last is None:
+            return
+        start, before, draft, ranks = self._last
+        self._last = None
+        if list(sequence[max(0, start - len(before)) : start]) != before:
+            return  # the draft was proposed after tokens that were not kept (a chain's rejected head)
+        verified = min(self._verified, len(draft))
+        node, depth = -1, 0
+        for token in list(sequence[start:]):
+            children = [i for i in range(verified) if draft.parent(i) == node]
+            if not children:
                 break
-            out.append(token)
-        take = walk_allowed(context.matcher, out, context.eos_ids)
-        return Draft(out[:take], None, self.rate.current(take))
+            hit = next((i for i in children if draft.tokens[i] == token), None)
+            row = self.rates[min(depth, len(self.rates) - 1)]
+            for i in children:
+                r = ranks[i]
+                row[r] = 0.9 * row[r] + 0.1 * (1.0 if i == hit else 0.0)
+            if hit is None:
+                break
+            node, depth = hit, depth + 1
 
     def observe(self, inputs: Sequence[int], logits: torch.Tensor | None, accepted: int) -> None:
-        self.rate.update(len(inputs) - 1, accepted)
+        self._verified = len(inputs) - 1
         if logits is None:
             return
         if self.M is None or self.M.shape[0] < logits.shape[-1]:
@@ -472,6 +575,11 @@ class Chain(Drafter):
                         part = Draft(part.tokens, torch.cat([head, part.q]), part.confidence)
                         return Draft(draft.tokens + part.tokens, part.q, draft.confidence + part.confidence)
                     return part
+                if part.parents is not None:  # a tree hangs off the chain so far and ends it
+                    base = len(draft) - 1
+                    parents = [base if p < 0 else p + len(draft) for p in part.parents]
+                    return Draft(draft.tokens + part.tokens, None, draft.confidence + part.confidence,
+                                 list(range(-1, base)) + parents)
                 draft = Draft(draft.tokens + part.tokens, None, draft.confidence + part.confidence)
                 if matcher is not None:
                     for token in part.tokens:
@@ -498,16 +606,25 @@ class Chain(Drafter):
         return f"Chain({', '.join(map(repr, self.drafters))})"
 
 
-def cached_forward(model: Any, input_ids: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
+def cached_forward(
+    model: Any,
+    input_ids: torch.Tensor,
+    cache: Any,
+    *,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, Any]:
     """``model``'s logits for ``input_ids`` after what ``cache`` holds, and the cache after them.
 
+    ``attention_mask`` (4D, additive) and ``position_ids`` serve tree attention.
     transformers 5 names the cache argument and output ``cache`` (``past_key_values``
     is deprecated there); earlier versions and other causal LMs use ``past_key_values``.
     """
+    extra = {k: v for k, v in (("attention_mask", attention_mask), ("position_ids", position_ids)) if v is not None}
     if _takes_cache_keyword(type(model)):
-        out = model(input_ids=input_ids, cache=cache, use_cache=True)
+        out = model(input_ids=input_ids, cache=cache, use_cache=True, **extra)
         return out.logits, out.cache
-    out = model(input_ids=input_ids, past_key_values=cache, use_cache=True)
+    out = model(input_ids=input_ids, past_key_values=cache, use_cache=True, **extra)
     return out.logits, out.past_key_values
 
 

@@ -104,16 +104,17 @@ class DraftLength:
     def cut(self, draft: Draft, cost: ForwardCost | None = None) -> Draft:
         if not self.adaptive:
             return draft.truncate(self.max_tokens)
-        keep, survive = 0, 1.0
-        for confidence in draft.confidence[: self.max_tokens]:
-            survive *= confidence
+        # a token's survival: the chance it is accepted (the product of the confidences on
+        # its path); a draft's first n tokens are a chain's prefix or a subtree
+        survival = draft.survival()[: self.max_tokens]
+        keep = 0
+        for survive in survival:
             if keep and 1 - survive > self.threshold:
                 break
             keep += 1
         if self.goodput and cost is not None:
-            best, best_rate, expected, survive = 0, 1.0 / cost.estimate(1), 1.0, 1.0
-            for n, confidence in enumerate(draft.confidence[:keep], start=1):
-                survive *= confidence
+            best, best_rate, expected = 0, 1.0 / cost.estimate(1), 1.0
+            for n, survive in enumerate(survival[:keep], start=1):
                 expected += survive
                 rate = expected / cost.estimate(n + 1)
                 if rate > best_rate:
@@ -198,6 +199,7 @@ def decode(
     matcher = pipeline.matcher
     costs = forward_cost(model)
     device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
     if drafter is not None:
         drafter.reset(prompt_ids)
 
@@ -220,10 +222,13 @@ def decode(
                     draft = length.cut(drafter.propose(context, min(length.max_tokens, budget)), costs)  # type: ignore[union-attr]
                     stats.draft_seconds += time.perf_counter() - t0
 
+                committed = len(sequence) - fed  # tokens the target has not read yet (>= 1)
                 inputs = sequence[fed:] + draft.tokens
+                tree = tree_attention(fed, committed, draft.parents, dtype, device) if draft.is_tree else None
                 t0 = time.perf_counter()
                 all_logits, cache = cached_forward(
-                    model, torch.tensor([inputs], dtype=torch.long, device=device), cache
+                    model, torch.tensor([inputs], dtype=torch.long, device=device), cache,
+                    attention_mask=None if tree is None else tree[0], position_ids=None if tree is None else tree[1],
                 )
                 if fed:  # decode steps only: the prompt's forward says nothing about drafts
                     costs.observe(len(inputs), time.perf_counter() - t0)
@@ -243,7 +248,9 @@ def decode(
                     rows = logits.detach() if drafter.wants_logits else None
                     drafter.observe([sequence[-1], *draft.tokens], rows, accepted)
 
-                fed = len(sequence) + accepted
+                # a chain's accepted tokens sit right after the committed ones in the cache; a
+                # tree's accepted path does not: keep the committed tokens, re-read the path
+                fed = len(sequence) + (0 if tree is not None else accepted)
                 crop_cache(cache, fed)
                 for token in emitted:
                     sequence.append(token)
@@ -263,6 +270,30 @@ def decode(
     return DecodeOutput(generated, finish, stats)
 
 
+def tree_attention(
+    cached: int, committed: int, parents: Sequence[int] | None, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 4D additive attention mask and position ids of one forward over ``committed``
+    new tokens (causal) followed by a token tree (each node sees the cache, the
+    committed tokens, its ancestors and itself), after ``cached`` cached positions."""
+    parents = list(parents or ())
+    n = committed + len(parents)
+    allowed = torch.zeros(n, cached + n, dtype=torch.bool)
+    allowed[:, :cached] = True
+    allowed[:committed, cached : cached + committed] = torch.ones(committed, committed, dtype=torch.bool).tril()
+    allowed[committed:, cached : cached + committed] = True
+    depth: list[int] = []
+    for i, parent in enumerate(parents):
+        row = committed + i
+        if parent >= 0:
+            allowed[row, cached + committed :] = allowed[committed + parent, cached + committed :]
+        allowed[row, cached + row] = True
+        depth.append(1 + (depth[parent] if parent >= 0 else 0))
+    positions = [cached + j for j in range(committed)] + [cached + committed - 1 + d for d in depth]
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[None, None].to(device), torch.tensor([positions], dtype=torch.long, device=device)
+
+
 def _verify(
     pipeline: Pipeline,
     logits: torch.Tensor,
@@ -280,7 +311,7 @@ def _verify(
                 raise AssertionError(f"the pipeline chose token {token} and then rejected it")
             return token
 
-        return verify_deterministic(draft.tokens, draw, stop=eos_ids)
+        return verify_deterministic(draft.tokens, draw, stop=eos_ids, parents=draft.parents)
 
     scores = pipeline.process_positions(logits, draft.tokens)
     probs = torch.softmax(scores.float(), dim=-1)

@@ -62,20 +62,42 @@ def verify_stochastic(
     return out
 
 
-def verify_deterministic(tokens: Sequence[int], draw: Callable[[int], int], *, stop: Container[int] = ()) -> list[int]:
+def verify_deterministic(
+    tokens: Sequence[int],
+    draw: Callable[[int], int],
+    *,
+    stop: Container[int] = (),
+    parents: Sequence[int] | None = None,
+) -> list[int]:
     """Accepted tokens + one, for a deterministic draft (fewer when a token in ``stop`` is accepted).
 
     ``draw(i)`` samples the target at position ``i`` (after ``tokens[:i]``); the caller
     moves its state past each drawn token, so ``draw(i)`` is only called after
     ``draw(i - 1)`` returned ``tokens[i - 1]``.
+
+    With ``parents``, the draft is a token tree (:attr:`Draft.parents`): at each node
+    the draw is accepted when it is one of the node's children, which are distinct
+    tokens, so every token still comes out with the target's probability (trying
+    deterministic siblings in turn, each removed once rejected, has the same law).
+    ``draw(i)`` is then called with ``i`` = 1 + the index of the last accepted token,
+    0 at the root.
     """
+    links = range(-1, len(tokens) - 1) if parents is None else parents
+    children: dict[int, dict[int, int]] = {}
+    for i, (token, parent) in enumerate(zip(tokens, links)):
+        siblings = children.setdefault(parent, {})
+        if token in siblings:
+            raise ValueError(f"token {token} is drafted twice under the same parent")
+        siblings[token] = i
     out: list[int] = []
-    for i in range(len(tokens) + 1):
-        token = draw(i)
+    node = -1
+    while True:
+        token = draw(node + 1)
         out.append(token)
-        if i == len(tokens) or token != tokens[i] or token in stop:
-            break
-    return out
+        child = children.get(node, {}).get(token)
+        if child is None or token in stop:
+            return out
+        node = child
 
 
 def _sample(weights: torch.Tensor, generator: torch.Generator | None) -> int:
