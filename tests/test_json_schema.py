@@ -11,6 +11,7 @@ import json
 import random
 import warnings
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -627,3 +628,99 @@ def test_dependent_schemas_language_is_exact(index: int) -> None:
     for _ in range(20):
         instance = json.loads(random_document(grammar, rng, rng.randrange(2, 40)))
         assert check.is_valid(instance), instance
+
+
+# -- repeated keys: extra keys count once toward minProperties, every time toward maxProperties ---
+
+# (schema, names it lists in "properties", in order); extra keys come from patternProperties
+# and additionalProperties (or unevaluatedProperties) and may be written twice, so they count once
+# toward minProperties: objects that need two distinct extra keys are left out (restricted)
+REPEATED_KEY_SCHEMAS: list[tuple[dict[str, Any], list[str]]] = [
+    ({"patternProperties": {"^[a-f]$": {}}, "additionalProperties": False, "minProperties": 1}, []),
+    ({"patternProperties": {"^[a-f]$": {}}, "additionalProperties": False, "minProperties": 2, "properties": {"p": {}}}, ["p"]),
+    ({"patternProperties": {"^[a-f]$": {"type": "integer"}}, "additionalProperties": False, "minProperties": 2, "maxProperties": 3,
+      "properties": {"p": {}, "q": {"type": "string"}}}, ["p", "q"]),
+    ({"patternProperties": {"^[a-f]$": {"type": "integer"}}, "additionalProperties": False, "minProperties": 3,
+      "properties": {"p": {}, "q": {"type": "string"}}}, ["p", "q"]),
+    ({"additionalProperties": {"type": "integer"}, "minProperties": 1}, []),
+    ({"additionalProperties": {"type": "integer"}, "minProperties": 2, "properties": {"p": {}}}, ["p"]),
+    ({"additionalProperties": {"type": "integer"}, "minProperties": 3, "properties": {"p": {}, "q": {}}}, ["p", "q"]),
+    ({"additionalProperties": {"type": "integer"}, "minProperties": 2, "maxProperties": 2, "properties": {"p": {}}}, ["p"]),
+    ({"patternProperties": {"^[a-f]$": {"type": "integer"}}, "additionalProperties": {"type": "string"}, "minProperties": 3,
+      "properties": {"p": {}, "q": {}}}, ["p", "q"]),
+    ({"properties": {"p": {}}, "unevaluatedProperties": {"type": "integer"}, "minProperties": 2}, ["p"]),
+    ({"properties": {"p": {}}, "propertyNames": {"maxLength": 1}, "minProperties": 2}, ["p"]),
+    ({"type": "object", "properties": {"p": {}}, "not": {"maxProperties": 1}}, ["p"]),
+    ({"properties": {"p": {}}, "required": ["p"], "maxProperties": 2}, ["p"]),
+    ({"patternProperties": {"^[a-f]$": {}}, "additionalProperties": False, "maxProperties": 1}, []),
+]
+
+# keys as written (escaped spellings too) and as parsed; values (1 is not a string, "s" not an integer)
+_KEYS = [('"p"', "p"), ('"\\u0070"', "p"), ('"q"', "q"), ('"a"', "a"), ('"\\u0061"', "a"), ('"b"', "b"), ('"z"', "z")]
+_VALUES = ["1", '"s"']
+
+
+def _object_texts(longest: int) -> Iterator[list[tuple[str, str, str]]]:
+    """Objects of up to ``longest`` members from :data:`_KEYS` and :data:`_VALUES`, keys repeating:
+    lists of (written key, parsed key, written value)."""
+    pairs = [(written, key, value) for written, key in _KEYS for value in _VALUES]
+    for k in range(longest + 1):
+        yield from (list(members) for members in itertools.product(pairs, repeat=k))
+
+
+def _in_restricted_language(schema: dict[str, Any], listed: list[str], members: list[tuple[str, str, str]]) -> bool:
+    """Whether the grammar should accept ``members``: each value valid (a parser keeps only the
+    last of a repeated key), listed names once, in order, in their one spelling, before any
+    extra key; extra keys counting once toward minProperties and every member toward maxProperties."""
+    check = validator(schema)
+    keys = [key for _, key, _ in members]
+    if not check.is_valid({k: json.loads(v) for _, k, v in members}):
+        return False
+    for i, (written, key, value) in enumerate(members):
+        if key in listed and (written != f'"{key}"' or keys.index(key) != i):
+            return False
+        document = {k: json.loads(v) for _, k, v in members}
+        document[key] = json.loads(value)  # every member's value must hold, not only the last
+        if not check.is_valid(document):
+            return False
+    declared = [key for key in keys if key in listed]
+    if declared != sorted(declared, key=listed.index) or keys[: len(declared)] != declared:
+        return False
+    extra = len(keys) > len(declared)
+    low = schema.get("minProperties", schema.get("not", {}).get("maxProperties", -1) + 1)  # "not" of maxProperties: minProperties
+    return len(declared) + extra >= low and len(keys) <= schema.get("maxProperties", len(keys))
+
+
+@pytest.mark.parametrize("index", range(len(REPEATED_KEY_SCHEMAS)))
+def test_repeated_keys_never_count_twice(index: int) -> None:
+    schema, listed = REPEATED_KEY_SCHEMAS[index]
+    grammar = compile_json_schema(schema, BYTE_VOCAB)
+    check = validator(schema)
+    accepted = 0
+    for members in _object_texts(3):
+        text = ("{" + ",".join(f"{k}:{v}" for k, _, v in members) + "}").encode()
+        ok = grammar.accepts_bytes(text)
+        if ok:  # the contract: what is accepted parses and validates
+            assert check.is_valid(json.loads(text)), text
+            accepted += 1
+        assert ok == _in_restricted_language(schema, listed, members), text
+    assert accepted
+
+
+def test_repeated_extra_key_does_not_reach_min_properties() -> None:
+    schema = {"patternProperties": {"^[a-f]$": {}}, "additionalProperties": False, "minProperties": 2}
+    assert not validator(schema).is_valid(json.loads(b'{"a":1,"a":1}'))  # parsed: {"a": 1}
+    grammar = compile_json_schema(schema, BYTE_VOCAB)  # non-objects are valid
+    assert grammar.accepts_bytes(b"1") and not grammar.accepts_bytes(b'{"a":1,"a":1}')
+    assert not grammar.accepts_bytes(b'{"a":1,"b":1}')  # two distinct extra keys would be needed: restricted
+    # where that leaves nothing, the error says so rather than "unsatisfiable"
+    with pytest.raises(UnsupportedSchemaError, match="minProperties") as caught:
+        compile_json_schema({**schema, "type": "object"}, BYTE_VOCAB)
+    assert caught.value.pointer == "/minProperties"
+    for variant in ({"type": "object", "additionalProperties": {"type": "integer"}, "minProperties": 2},
+                    {"type": "object", "not": {"maxProperties": 1}},
+                    {"type": "object", "properties": {"p": {}}, "additionalProperties": True, "minProperties": 3}):
+        with pytest.raises(UnsupportedSchemaError, match="minProperties"):
+            compile_json_schema(variant, BYTE_VOCAB)
+    with pytest.raises(SchemaError, match="unsatisfiable"):  # truly empty
+        compile_json_schema({"type": "object", "properties": {"p": {}}, "additionalProperties": False, "minProperties": 2}, BYTE_VOCAB)

@@ -12,7 +12,8 @@ dropped and one warning lists everything dropped. Nothing is dropped silently.
 Restrictions that only ever forbid valid documents (never allow invalid ones):
 numbers are written without exponents when bounded, integers without a
 fraction or exponent, ``-0`` is never written, enum/const values are written
-in compact canonical form, formats use a strict subset of their grammar.
+in compact canonical form, formats use a strict subset of their grammar, keys
+that the schema does not list (which may repeat) count once toward ``minProperties``.
 """
 
 from __future__ import annotations
@@ -246,6 +247,7 @@ class _Compiler:
         resolve_ref.ignores_siblings = self.ref_siblings_ignored  # type: ignore[attr-defined]
         self.resolve_ref = resolve_ref
         self._any: Symbol | None = None
+        self.short_of_keys: list[str] = []  # objects whose minProperties needs two distinct extra keys
 
     # -- entry -----------------------------------------------------------------
 
@@ -262,6 +264,12 @@ class _Compiler:
             self.g.rule(root, value)
         spec = self.g.spec(root, "JSON schema")
         if spec is None:
+            if self.short_of_keys:  # empty by the restriction on extra keys, not necessarily unsatisfiable
+                raise UnsupportedSchemaError(
+                    "keyword 'minProperties' cannot be enforced exactly: it needs two or more distinct keys "
+                    "beyond the listed properties (extra keys count once)",
+                    pointer=self.short_of_keys[0] + "/minProperties",
+                )
             raise SchemaError("schema accepts no JSON value (it is unsatisfiable)", pointer="")
         return spec
 
@@ -932,8 +940,11 @@ class _Compiler:
         if cap > DEFAULT_MAX_UNROLL:
             raise LimitError(f"minProperties/maxProperties {cap} is over the limit of {DEFAULT_MAX_UNROLL}", )
         n = len(entries)
+        if extra is not None and min_props > n + 1:
+            self.short_of_keys.append(pointer)
         memo: dict[tuple[str, int, int, frozenset[str]], Symbol] = {}
         left_tail: list[Symbol] = []
+        after: dict[int, Symbol] = {}
 
         def tail_list() -> Symbol:
             # L -> ε | L "," EXTRA   (left recursive, so long tails share parser states)
@@ -963,14 +974,28 @@ class _Compiler:
                 if not is_required and not demanded:
                     g.rule(symbol, seq(first, i + 1, count, present))
                 return symbol
+            # an extra key may be written twice (a grammar cannot tell the keys of a large language
+            # apart) and a parser keeps one, so extra keys count once toward minProperties (valid
+            # objects that need two distinct ones are left out) and each time toward maxProperties
             if count >= min_props:
                 g.rule(symbol)
-            if extra is not None and (max_props is None or count + 1 <= max_props):
-                if max_props is None and count >= min_props:
-                    g.rule(symbol, *sep, extra, tail_list())
-                else:
-                    g.rule(symbol, *sep, extra, seq(False, n, nxt))
+            if extra is not None and count + 1 >= min_props and (max_props is None or count + 1 <= max_props):
+                g.rule(symbol, *sep, extra, more_extras(count + 1))
             return symbol
+
+        def more_extras(count: int) -> Symbol:
+            # the extra pairs after the first, ``count`` properties written so far
+            if max_props is None:
+                return tail_list()
+            if not after:
+                assert extra is not None
+                for c in range(max_props, -1, -1):  # from the end: no recursion
+                    symbol = g.nonterminal(f"{pointer}/additional{c}")
+                    g.rule(symbol)
+                    if c < max_props:
+                        g.rule(symbol, self.punct(","), extra, after[c + 1])
+                    after[c] = symbol
+            return after[count]
 
         for i in range(n, -1, -1) if not dependents else ():  # from the end: shallow recursion
             for count in range(cap + 1):
