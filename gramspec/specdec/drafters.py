@@ -432,7 +432,7 @@ class DraftModel(Drafter):
             self._cache = self._new_cache()
         device = next(self.model.parameters()).device
         feed = torch.tensor([list(tokens[shared:])], dtype=torch.long, device=device)
-        logits, self._cache = cached_forward(self.model, feed, self._cache)
+        logits, self._cache = cached_forward(self.model, feed, self._cache, last=1)
         self._cached.extend(int(t) for t in tokens[shared:])
         return logits[0, -1].float()
 
@@ -613,33 +613,43 @@ def cached_forward(
     *,
     attention_mask: torch.Tensor | None = None,
     position_ids: torch.Tensor | None = None,
+    last: int | None = None,
 ) -> tuple[torch.Tensor, Any]:
     """``model``'s logits for ``input_ids`` after what ``cache`` holds, and the cache after them.
 
     ``attention_mask`` (4D, additive) and ``position_ids`` serve tree attention.
-    transformers 5 names the cache argument and output ``cache`` (``past_key_values``
-    is deprecated there); earlier versions and other causal LMs use ``past_key_values``.
+    ``last``: only the last ``last`` rows of logits are needed (transformers'
+    ``logits_to_keep``, where the model takes it: a long prompt's other rows cost
+    a vocabulary-sized projection each). transformers 5 names the cache argument
+    and output ``cache`` (``past_key_values`` is deprecated there); earlier versions
+    and other causal LMs use ``past_key_values``.
     """
-    extra = {k: v for k, v in (("attention_mask", attention_mask), ("position_ids", position_ids)) if v is not None}
-    if _takes_cache_keyword(type(model)):
+    extra: dict[str, Any] = {
+        k: v for k, v in (("attention_mask", attention_mask), ("position_ids", position_ids)) if v is not None
+    }
+    if last is not None and _takes_keyword(type(model), "logits_to_keep"):
+        extra["logits_to_keep"] = last
+    if _takes_keyword(type(model), "cache"):
         out = model(input_ids=input_ids, cache=cache, use_cache=True, **extra)
         return out.logits, out.cache
     out = model(input_ids=input_ids, past_key_values=cache, use_cache=True, **extra)
     return out.logits, out.past_key_values
 
 
-_CACHE_KEYWORD: dict[type, bool] = {}
+_KEYWORDS: dict[tuple[type, str], bool] = {}
 
 
-def _takes_cache_keyword(cls: type) -> bool:
-    if cls not in _CACHE_KEYWORD:
+def _takes_keyword(cls: type, name: str) -> bool:
+    """Whether ``cls.forward`` has a parameter ``name`` (cached per class)."""
+    key = (cls, name)
+    if key not in _KEYWORDS:
         import inspect
 
         try:
-            _CACHE_KEYWORD[cls] = "cache" in inspect.signature(cls.forward).parameters  # type: ignore[attr-defined]
+            _KEYWORDS[key] = name in inspect.signature(cls.forward).parameters  # type: ignore[attr-defined]
         except (AttributeError, TypeError, ValueError):
-            _CACHE_KEYWORD[cls] = False
-    return _CACHE_KEYWORD[cls]
+            _KEYWORDS[key] = False
+    return _KEYWORDS[key]
 
 
 def crop_cache(cache: Any, length: int) -> None:

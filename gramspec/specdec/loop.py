@@ -229,6 +229,7 @@ def decode(
                 all_logits, cache = cached_forward(
                     model, torch.tensor([inputs], dtype=torch.long, device=device), cache,
                     attention_mask=None if tree is None else tree[0], position_ids=None if tree is None else tree[1],
+                    last=len(draft) + 1,
                 )
                 if fed:  # decode steps only: the prompt's forward says nothing about drafts
                     costs.observe(len(inputs), time.perf_counter() - t0)
