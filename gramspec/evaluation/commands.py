@@ -86,13 +86,13 @@ def jsonschemabench_command(args: argparse.Namespace, argv: Sequence[str]) -> in
                         progress=not args.no_progress)
     if args.no_report:
         return 0
-    return _report_jsonschemabench(out, _header(args, len(items)), plots=not args.no_plots)
+    return _report_jsonschemabench(out, _header(args, f"{len(items)} schemas"), plots=not args.no_plots)
 
 
-def _header(args: argparse.Namespace, n: int) -> str:
+def _header(args: argparse.Namespace, what: str) -> str:
     settings = {k: getattr(args, k) for k in ("model", "subset", "limit", "seed", "max_new_tokens", "compile_timeout",
                                                "generation_timeout", "temperature", "whitespace", "drafter", "aligned")}
-    return (f"{time.strftime('%Y-%m-%d %H:%M')} on {platform.machine()} ({os.cpu_count()} cores), {n} schemas. "
+    return (f"{time.strftime('%Y-%m-%d %H:%M')} on {platform.machine()} ({os.cpu_count()} cores), {what}. "
             f"Settings: `{json.dumps(settings)}`")
 
 
@@ -122,7 +122,7 @@ def _run_workers(args: argparse.Namespace, argv: Sequence[str], out: Path) -> in
         print(f"gramspec bench: worker exit codes {codes}; the report covers what they wrote", file=sys.stderr)
     if args.no_report:
         return max(codes)
-    status = _report_jsonschemabench(out, _header(args, -1).replace("-1 schemas", f"{n} workers"), plots=not args.no_plots)
+    status = _report_jsonschemabench(out, _header(args, f"{n} workers"), plots=not args.no_plots)
     return max(max(codes), status)
 
 
