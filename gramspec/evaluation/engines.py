@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -36,9 +36,6 @@ from transformers.generation.streamers import BaseStreamer
 
 from gramspec.errors import (
     GramspecError,
-    LimitError,
-    SchemaError,
-    UnsupportedSchemaError,
 )
 from gramspec.evaluation.metrics import CompileStatus, Finish
 from gramspec.plugins.mask import apply_token_bitmask
@@ -141,13 +138,10 @@ class GramspecEngine(Engine):
         return compile_constraint("schema", schema, self.target.vocabulary(), **self._compile_options)
 
     def compile_status(self, error: BaseException) -> CompileStatus:
-        if isinstance(error, UnsupportedSchemaError):
-            return "unsupported"
-        if isinstance(error, SchemaError):
-            return "schema-error"
-        if isinstance(error, LimitError):
-            return "limit"
-        return "error"
+        from gramspec.evaluation.conformance import compile_error_status
+
+        status = compile_error_status(error)  # gramspec's typed errors, as the conformance runs report them
+        return "error" if status == "crash" else status  # type: ignore[return-value]
 
     def generate(self, compiled: Any, schema: Any, messages: Sequence[Mapping[str, str]], prompt_ids: list[int],
                  sampling: Sampling) -> Generation:
@@ -227,30 +221,38 @@ class Unconstrained(HFEngine):
         return None
 
 
-class XGrammarEngine(HFEngine):
-    name = "xgrammar"
+class XGrammarSetup:
+    """xgrammar's per-tokenizer compiler and its JSON Schema compile (shared with the MaskBench walker)."""
 
-    def __init__(self, target: Target, whitespace: Whitespace = "compact") -> None:
-        super().__init__(target, whitespace)
+    def __init__(self, tokenizer: Any, vocab_size: int, eos_ids: Iterable[int], whitespace: Whitespace) -> None:
         try:
             import xgrammar
             import xgrammar.contrib.hf
         except ImportError as exc:
             raise EngineUnavailable(f"xgrammar is not installed ({exc}): pip install 'gramspec[peers]'") from exc
-        self.xgr = xgrammar
-        info = xgrammar.TokenizerInfo.from_huggingface(
-            target.tokenizer, vocab_size=target.vocab_size, stop_token_ids=sorted(target.eos_ids)
-        )
+        self.xgr, self.whitespace = xgrammar, whitespace
+        info = xgrammar.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=sorted(eos_ids))
         self.compiler = xgrammar.GrammarCompiler(info, max_threads=1, cache_enabled=False)
 
-    def compile(self, schema: Any, *, timeout: float) -> Any:
+    def compile(self, schema: Any) -> Any:
         text = json.dumps(schema)
         if self.whitespace == "flexible":
             return self.compiler.compile_json_schema(text)
         return self.compiler.compile_json_schema(text, any_whitespace=False, separators=(",", ":"))
 
+
+class XGrammarEngine(HFEngine):
+    name = "xgrammar"
+
+    def __init__(self, target: Target, whitespace: Whitespace = "compact") -> None:
+        super().__init__(target, whitespace)
+        self.peer = XGrammarSetup(target.tokenizer, target.vocab_size, target.eos_ids, whitespace)
+
+    def compile(self, schema: Any, *, timeout: float) -> Any:
+        return self.peer.compile(schema)
+
     def processor(self, compiled: Any) -> LogitsProcessor | None:
-        return self.xgr.contrib.hf.LogitsProcessor(compiled)  # type: ignore[no-any-return]
+        return self.peer.xgr.contrib.hf.LogitsProcessor(compiled)  # type: ignore[no-any-return]
 
 
 class LLGuidanceProcessor(LogitsProcessor):
@@ -275,30 +277,41 @@ class LLGuidanceProcessor(LogitsProcessor):
         return apply_token_bitmask(scores, self.bitmask)  # type: ignore[return-value]
 
 
-class LLGuidanceEngine(HFEngine):
-    name = "llguidance"
+class LLGuidanceSetup:
+    """llguidance's per-tokenizer state and its JSON Schema compile (shared with the MaskBench walker)."""
 
-    def __init__(self, target: Target, whitespace: Whitespace = "compact") -> None:
-        super().__init__(target, whitespace)
+    def __init__(self, tokenizer: Any, vocab_size: int, eos_ids: Iterable[int], whitespace: Whitespace) -> None:
         try:
             import llguidance
             import llguidance.hf
             import llguidance.torch
         except ImportError as exc:
             raise EngineUnavailable(f"llguidance is not installed ({exc}): pip install 'gramspec[peers]'") from exc
-        self.ll = llguidance
-        self.ll_tokenizer = llguidance.hf.from_tokenizer(
-            target.tokenizer, n_vocab=target.vocab_size, eos_token=min(target.eos_ids)
-        )
+        self.ll, self.whitespace = llguidance, whitespace
+        self.tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size, eos_token=min(eos_ids))
 
-    def compile(self, schema: Any, *, timeout: float) -> Any:
+    def compile(self, schema: Any) -> str:
+        """The grammar text of ``schema``; raises what llguidance reports about it."""
         overrides = {"whitespace_flexible": self.whitespace == "flexible"}
         grammar = self.ll.LLMatcher.grammar_from_json_schema(json.dumps(schema), overrides=overrides)  # type: ignore[arg-type]
-        LLGuidanceProcessor(self.ll_tokenizer, grammar, self.target.vocab_size)  # its errors surface here
-        return grammar
+        matcher = self.ll.LLMatcher(self.tokenizer, grammar, log_level=0)
+        if matcher.is_error():
+            raise ValueError(matcher.get_error())
+        return grammar  # type: ignore[no-any-return]
+
+
+class LLGuidanceEngine(HFEngine):
+    name = "llguidance"
+
+    def __init__(self, target: Target, whitespace: Whitespace = "compact") -> None:
+        super().__init__(target, whitespace)
+        self.peer = LLGuidanceSetup(target.tokenizer, target.vocab_size, target.eos_ids, whitespace)
+
+    def compile(self, schema: Any, *, timeout: float) -> Any:
+        return self.peer.compile(schema)
 
     def processor(self, compiled: Any) -> LogitsProcessor | None:
-        return LLGuidanceProcessor(self.ll_tokenizer, compiled, self.target.vocab_size)
+        return LLGuidanceProcessor(self.peer.tokenizer, compiled, self.target.vocab_size)
 
 
 class OutlinesProcessor(LogitsProcessor):
@@ -320,29 +333,40 @@ class OutlinesProcessor(LogitsProcessor):
         return apply_token_bitmask(scores, self.bitmask)  # type: ignore[return-value]
 
 
-class OutlinesEngine(HFEngine):
-    name = "outlines"
+class OutlinesSetup:
+    """outlines-core's vocabulary (gramspec's exact bytes per id, what it matches on) and its
+    JSON Schema compile (shared with the MaskBench walker)."""
 
-    def __init__(self, target: Target, whitespace: Whitespace = "compact") -> None:
-        super().__init__(target, whitespace)
+    def __init__(self, vocabulary: Callable[[], Any], eos_ids: Iterable[int], whitespace: Whitespace) -> None:
+        """``vocabulary()`` gives the gramspec Vocabulary (built only once outlines-core imports)."""
         try:
             import outlines_core  # type: ignore[import-untyped,unused-ignore]
             from outlines_core.json_schema import build_regex_from_schema  # type: ignore[import-untyped,unused-ignore]
         except ImportError as exc:
             raise EngineUnavailable(f"outlines-core is not installed ({exc}): pip install 'gramspec[peers]'") from exc
-        self.oc, self.build_regex = outlines_core, build_regex_from_schema
-        vocab = target.vocabulary()  # gramspec's exact bytes per id: what outlines-core matches on
+        self.oc, self.build_regex, self.whitespace = outlines_core, build_regex_from_schema, whitespace
+        vocab = vocabulary()
+        eos = set(eos_ids)
         tokens: dict[bytes, list[int]] = {}
-        eos = min(target.eos_ids)
         for token_id, data in enumerate(vocab.token_bytes):
-            if data and token_id not in vocab.special_token_ids and token_id not in target.eos_ids:
+            if data and token_id not in vocab.special_token_ids and token_id not in eos:
                 tokens.setdefault(data, []).append(token_id)
-        self.vocabulary = outlines_core.Vocabulary(eos, tokens)
+        self.vocabulary = outlines_core.Vocabulary(min(eos), tokens)
+
+    def compile(self, schema: Any) -> Any:
+        regex = self.build_regex(json.dumps(schema), None if self.whitespace == "flexible" else "")
+        return self.oc.Index(regex, self.vocabulary)
+
+
+class OutlinesEngine(HFEngine):
+    name = "outlines"
+
+    def __init__(self, target: Target, whitespace: Whitespace = "compact") -> None:
+        super().__init__(target, whitespace)
+        self.peer = OutlinesSetup(target.vocabulary, target.eos_ids, whitespace)
 
     def compile(self, schema: Any, *, timeout: float) -> Any:
-        whitespace = None if self.whitespace == "flexible" else ""
-        regex = self.build_regex(json.dumps(schema), whitespace)
-        return self.oc.Index(regex, self.vocabulary)
+        return self.peer.compile(schema)
 
     def processor(self, compiled: Any) -> LogitsProcessor | None:
         return OutlinesProcessor(compiled, self.target.vocab_size)

@@ -18,7 +18,6 @@ compact whitespace, same tokenizer and EOS.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,7 +27,12 @@ import numpy as np
 
 from gramspec.evaluation import conformance
 from gramspec.evaluation.corpus import BenchSchema
-from gramspec.evaluation.engines import EngineUnavailable
+from gramspec.evaluation.engines import (
+    EngineUnavailable,
+    LLGuidanceSetup,
+    OutlinesSetup,
+    XGrammarSetup,
+)
 from gramspec.evaluation.progress import Progress
 
 
@@ -92,21 +96,13 @@ class XGrammarWalker(Walker):
     name = "xgrammar"
 
     def __init__(self, tokenizer: Any, vocab: Any) -> None:
-        try:
-            import xgrammar
-        except ImportError as exc:
-            raise EngineUnavailable(f"xgrammar is not installed ({exc})") from exc
-        self.xgr = xgrammar
-        info = xgrammar.TokenizerInfo.from_huggingface(
-            tokenizer, vocab_size=vocab.size, stop_token_ids=sorted(vocab.eos_token_ids)
-        )
-        self.compiler = xgrammar.GrammarCompiler(info, max_threads=1, cache_enabled=False)
+        self.peer = XGrammarSetup(tokenizer, vocab.size, vocab.eos_token_ids, "compact")
 
     def compile(self, schema: Any) -> Any:
-        return self.compiler.compile_json_schema(json.dumps(schema), any_whitespace=False, separators=(",", ":"))
+        return self.peer.compile(schema)
 
     def start(self, compiled: Any) -> Any:
-        return self.xgr.GrammarMatcher(compiled)
+        return self.peer.xgr.GrammarMatcher(compiled)
 
     def fill(self, state: Any, bitmask: np.ndarray) -> None:
         import torch
@@ -121,23 +117,13 @@ class LLGuidanceWalker(Walker):
     name = "llguidance"
 
     def __init__(self, tokenizer: Any, vocab: Any) -> None:
-        try:
-            import llguidance
-            import llguidance.hf
-        except ImportError as exc:
-            raise EngineUnavailable(f"llguidance is not installed ({exc})") from exc
-        self.ll = llguidance
-        self.tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab.size, eos_token=min(vocab.eos_token_ids))
+        self.peer = LLGuidanceSetup(tokenizer, vocab.size, vocab.eos_token_ids, "compact")
 
     def compile(self, schema: Any) -> Any:
-        grammar = self.ll.LLMatcher.grammar_from_json_schema(json.dumps(schema), overrides={"whitespace_flexible": False})
-        matcher = self.ll.LLMatcher(self.tokenizer, grammar, log_level=0)
-        if matcher.is_error():
-            raise ValueError(matcher.get_error())
-        return grammar
+        return self.peer.compile(schema)
 
     def start(self, compiled: Any) -> Any:
-        return self.ll.LLMatcher(self.tokenizer, compiled, log_level=0)
+        return self.peer.ll.LLMatcher(self.peer.tokenizer, compiled, log_level=0)
 
     def fill(self, state: Any, bitmask: np.ndarray) -> None:
         state.unsafe_compute_mask_ptr(bitmask.ctypes.data, bitmask.nbytes)
@@ -150,24 +136,13 @@ class OutlinesWalker(Walker):
     name = "outlines"
 
     def __init__(self, tokenizer: Any, vocab: Any) -> None:
-        try:
-            import outlines_core  # type: ignore[import-untyped,unused-ignore]
-            from outlines_core.json_schema import build_regex_from_schema  # type: ignore[import-untyped,unused-ignore]
-        except ImportError as exc:
-            raise EngineUnavailable(f"outlines-core is not installed ({exc})") from exc
-        self.oc, self.build_regex = outlines_core, build_regex_from_schema
-        eos = set(vocab.eos_token_ids)
-        tokens: dict[bytes, list[int]] = {}
-        for token_id, data in enumerate(vocab.token_bytes):
-            if data and token_id not in vocab.special_token_ids and token_id not in eos:
-                tokens.setdefault(data, []).append(token_id)
-        self.vocabulary = outlines_core.Vocabulary(min(eos), tokens)
+        self.peer = OutlinesSetup(lambda: vocab, vocab.eos_token_ids, "compact")
 
     def compile(self, schema: Any) -> Any:
-        return self.oc.Index(self.build_regex(json.dumps(schema), ""), self.vocabulary)
+        return self.peer.compile(schema)
 
     def start(self, compiled: Any) -> Any:
-        return self.oc.Guide(compiled)
+        return self.peer.oc.Guide(compiled)
 
     def fill(self, state: Any, bitmask: np.ndarray) -> None:
         bitmask[:] = 0
