@@ -106,6 +106,10 @@ def _add_generate(commands: Any) -> None:
     constraint.add_argument("--schema", metavar="FILE", help="JSON Schema file: the reply is JSON that validates")
     constraint.add_argument("--grammar", metavar="FILE", help="Lark grammar file")
     constraint.add_argument("--regex", metavar="PATTERN", help="regex the whole reply must match")
+    p.add_argument("--unlisted-keys", choices=("schema", "forbid"), default="schema",
+                   help="with --schema: 'forbid' writes no object keys beyond the listed properties where the "
+                        "schema says nothing of other keys (a restriction, as xgrammar's strict mode; "
+                        "default: schema, exactly as JSON Schema)")
     p.set_defaults(run=_generate)
 
 
@@ -154,7 +158,8 @@ def _add_bench(commands: Any) -> None:
     )
     corpus_options(jsb, "bench-results/jsonschemabench")
     jsb.add_argument("--engines", type=_csv, default=["gramspec"],
-                     help="comma-separated: gramspec, unconstrained, xgrammar, llguidance, outlines (default: gramspec)")
+                     help="comma-separated: gramspec, gramspec-forbid (unlisted object keys forbidden, "
+                          "docs/json_schema.md), unconstrained, xgrammar, llguidance, outlines (default: gramspec)")
     jsb.add_argument("--model", default="smollm2", help="model (as for generate; default: smollm2)")
     jsb.add_argument("--gguf-file", help="GGUF file name inside the --model folder")
     jsb.add_argument("--max-new-tokens", type=_positive_int, default=256, help="default: 256")
@@ -247,6 +252,8 @@ def _generate(args: argparse.Namespace) -> int:
     from gramspec.models import load_model
 
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    if args.unlisted_keys != "schema" and args.schema is None:
+        raise GramspecError("--unlisted-keys is an option of --schema")
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
 
     start = time.perf_counter()
@@ -277,6 +284,7 @@ def _generate(args: argparse.Namespace) -> int:
         drafter=args.drafter,
         num_draft_tokens=args.num_draft_tokens,
         draft_model=draft_model,
+        compile_options={"unlisted_keys": args.unlisted_keys} if args.schema is not None else None,
     )
     print(result.text)
     status = ""

@@ -117,6 +117,10 @@ def generate(
 
     ``max_time`` bounds the decoding time in seconds (per attempt); a generation
     cut by it has ``finish_reason == "time"`` and, under a constraint, ``truncated``.
+
+    ``compile_options`` go to the constraint's compiler, e.g. for a schema
+    ``{"whitespace": "flexible"}`` or ``{"unlisted_keys": "forbid"}`` (no object keys
+    beyond the listed ones where the schema says nothing of them; docs/json_schema.md).
     """
     given = {k: v for k, v in (("schema", schema), ("grammar", grammar), ("regex", regex)) if v is not None}
     if len(given) > 1:

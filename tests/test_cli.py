@@ -30,7 +30,7 @@ def test_generate_help(capsys: pytest.CaptureFixture[str]) -> None:
         main(["generate", "--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
-    for option in ("--model", "--max-new-tokens", "--temperature", "--seed"):
+    for option in ("--model", "--max-new-tokens", "--temperature", "--seed", "--unlisted-keys"):
         assert option in out
 
 
@@ -50,6 +50,7 @@ def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
         ["generate", "--num-draft-tokens", "-1", "hi"],
         ["generate", "--num-draft-tokens", "many", "hi"],
         ["generate", "--drafter", "grammar+telepathy", "hi"],
+        ["generate", "--unlisted-keys", "strict", "hi"],
     ],
 )
 def test_bad_arguments(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -57,6 +58,11 @@ def test_bad_arguments(args: list[str], capsys: pytest.CaptureFixture[str]) -> N
         main(args)
     assert info.value.code == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_unlisted_keys_needs_a_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["generate", "--unlisted-keys", "forbid", "--regex", "a+", "hi"]) == 1  # before loading a model
+    assert "--unlisted-keys is an option of --schema" in capsys.readouterr().err
 
 
 def test_missing_model_is_a_clean_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -340,6 +340,17 @@ def test_gramspec_engine_on_a_tiny_model(tiny_target: Target, drafter: str | Non
         assert r.valid and json.loads(r.output or "")["n"] in range(10)
 
 
+def test_gramspec_forbid_engine_closes_objects(tiny_target: Target) -> None:
+    engine = make_engine("gramspec-forbid", tiny_target, drafter="ngram")
+    assert engine.name == "gramspec-forbid[ngram]"
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}}
+    compiled = engine.compile(schema, timeout=10.0)
+    assert compiled.accepts_bytes(b'{"n":1}') and not compiled.accepts_bytes(b'{"n":1,"m":2}')
+    assert make_engine("gramspec", tiny_target).compile(schema, timeout=10.0).accepts_bytes(b'{"n":1,"m":2}')
+    r = jsb.run_schema(engine, ITEM, tiny_target, jsb.BenchOptions(max_new_tokens=40))
+    assert r.compiled and (r.valid or r.finish in ("length", "time")), r
+
+
 def test_hf_engines_on_a_tiny_model(tiny_target: Target) -> None:
     names = ["unconstrained"]
     for peer in ("xgrammar", "llguidance", "outlines"):

@@ -218,6 +218,16 @@ def test_generate_with_mirostat_and_warpers(model: Any, tokenizer: Any) -> None:
     assert result.valid or result.truncated
 
 
+def test_unlisted_keys_reach_the_compiler(model: Any, tokenizer: Any) -> None:
+    open_schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    assert JSONSchemaLogitsProcessor(open_schema, tokenizer).grammar.accepts_bytes(b'{"a":1,"b":2}')
+    processor = JSONSchemaLogitsProcessor(open_schema, tokenizer, unlisted_keys="forbid")
+    assert not processor.grammar.accepts_bytes(b'{"a":1,"b":2}') and processor.grammar.accepts_bytes(b'{"a":1}')
+    result = gramspec.generate(model, tokenizer, PROMPTS[2], schema=open_schema, max_new_tokens=24,
+                               compile_options={"unlisted_keys": "forbid"})
+    assert result.truncated or set(result.json) == {"a"}, result
+
+
 def test_generate_rejects_two_constraints(model: Any, tokenizer: Any) -> None:
     with pytest.raises(ValueError, match="at most one"):
         gramspec.generate(model, tokenizer, "x", schema=SCHEMA, regex=REGEX)

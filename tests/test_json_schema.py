@@ -412,6 +412,8 @@ def test_bad_options_are_rejected() -> None:
         compile_json_schema({}, BYTE_VOCAB, whitespace="pretty")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_whitespace"):
         compile_json_schema({}, BYTE_VOCAB, max_whitespace=-1)
+    with pytest.raises(ValueError, match="unlisted_keys"):
+        compile_json_schema({}, BYTE_VOCAB, unlisted_keys="strict")  # type: ignore[arg-type]
 
 
 def test_huge_bounds_are_limit_errors() -> None:
@@ -724,3 +726,132 @@ def test_repeated_extra_key_does_not_reach_min_properties() -> None:
             compile_json_schema(variant, BYTE_VOCAB)
     with pytest.raises(SchemaError, match="unsatisfiable"):  # truly empty
         compile_json_schema({"type": "object", "properties": {"p": {}}, "additionalProperties": False, "minProperties": 2}, BYTE_VOCAB)
+
+
+# -- unlisted_keys="forbid": no keys beyond the listed ones where the schema says nothing of them ---
+
+_BASE = {"type": "object", "properties": {"id": {"type": "integer"}}, "required": ["id"]}
+# (schema, valid instances still accepted, valid instances now rejected: they have a key the
+# merged object schema does not list); every accepted instance must validate
+UNLISTED_KEY_CASES: list[tuple[dict[str, Any], list[Any], list[Any]]] = [
+    ({"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "string"}}, "required": ["a"]},
+     [{"a": 1}, {"a": 1, "b": "s"}], [{"a": 1, "z": 1}, {"a": 1, "b": "s", "z": "s"}]),
+    # allOf: keys listed by any part, also the same key in two parts
+    ({"allOf": [{"properties": {"a": {}}}, {"properties": {"b": {}}}]}, [{"a": 1, "b": 1}, {"b": "s"}], [{"a": 1, "z": 1}]),
+    ({"properties": {"a": {"type": "integer"}}, "allOf": [{"properties": {"a": {"minimum": 0}, "b": {}}}]},
+     [{"a": 1, "b": 1}], [{"a": 1, "z": 1}]),
+    # a $ref'd base and properties beside it (draft 2020-12: siblings apply), or in allOf
+    ({"$defs": {"base": _BASE}, "$ref": "#/$defs/base", "properties": {"name": {"type": "string"}}},
+     [{"id": 1, "name": "s"}, {"id": 1}], [{"id": 1, "z": 1}]),
+    ({"$defs": {"base": _BASE}, "allOf": [{"$ref": "#/$defs/base"}], "properties": {"name": {}}},
+     [{"id": 1, "name": 1}], [{"id": 1, "name": 1, "z": 1}]),
+    # dependentSchemas and if/then add their keys where they apply, and only there
+    ({"properties": {"a": {}}, "dependentSchemas": {"a": {"properties": {"b": {"type": "integer"}}}}},
+     [{"a": 1, "b": 1}, {"a": 1}], [{"a": 1, "z": 1}, {"b": 1}]),
+    ({"properties": {"kind": {"enum": ["x", "y"]}}, "required": ["kind"],
+      "if": {"properties": {"kind": {"const": "x"}}}, "then": {"properties": {"extra": {"type": "integer"}}}},
+     [{"kind": "x", "extra": 1}, {"kind": "y"}], [{"kind": "y", "extra": 1}, {"kind": "x", "z": 1}]),
+    ({"properties": {"kind": {}}, "allOf": [{"if": {"required": ["kind"]}, "then": {"properties": {"v": {}}}}]},
+     [{"kind": 1, "v": 1}, {}], [{"v": 1}, {"kind": 1, "z": 1}]),
+    # anyOf/oneOf: each branch merged with its container, closed on its own
+    ({"type": "object", "properties": {"a": {}},
+      "anyOf": [{"properties": {"b": {}}, "required": ["b"]}, {"properties": {"c": {}}, "required": ["c"]}]},
+     [{"a": 1, "b": 1}, {"a": 1, "c": 1}], [{"a": 1, "b": 1, "c": 1}, {"b": 1, "z": 1}]),
+    ({"oneOf": [{"properties": {"t": {"const": "a"}, "x": {}}, "required": ["t"]},
+                {"properties": {"t": {"const": "b"}, "y": {}}, "required": ["t"]}]},
+     [{"t": "a", "x": 1}, {"t": "b", "y": 1}], [{"t": "a", "y": 1}]),
+    ({"oneOf": [{"properties": {"a": {"type": "string"}}}, {"properties": {"b": {"type": "string"}}}]},
+     [{"a": "s", "b": 1}, {"a": 1, "b": "s"}], [{"a": "s", "b": 1, "z": 1}]),
+    # names required or dependentRequired but not in properties stay writable
+    ({"properties": {"a": {}}, "required": ["b"]}, [{"b": 1}, {"a": 1, "b": 1}], [{"b": 1, "z": 1}]),
+    ({"properties": {"a": {}}, "dependentRequired": {"a": ["b"]}}, [{"a": 1, "b": 1}, {"b": 1}], [{"a": 1, "b": 1, "z": 1}]),
+    ({"properties": {"a": {}, "b": {}}, "minProperties": 2}, [{"a": 1, "b": 1}], [{"a": 1, "z": 1}]),
+    ({"properties": {"a": {}, "b": {}}, "not": {"required": ["a", "b"]}}, [{"a": 1}, {}], [{"a": 1, "z": 1}]),
+    # nested and recursive objects are closed too; a value schema of {} stays any JSON value
+    ({"properties": {"inner": {"properties": {"a": {}}}, "free": {}}},
+     [{"inner": {"a": 1}}, {"free": {"z": 1}}], [{"inner": {"z": 1}}]),
+    ({"$defs": {"node": {"type": "object", "properties": {"v": {"type": "integer"}, "next": {"$ref": "#/$defs/node"}}}},
+      "$ref": "#/$defs/node"}, [{"v": 1, "next": {"v": 2}}], [{"v": 1, "next": {"z": 1}}]),
+    # schemas that speak of other keys are followed exactly, also when a merged part does
+    ({"properties": {"a": {}}, "additionalProperties": True}, [{"a": 1, "z": 1}], []),
+    ({"properties": {"a": {}}, "allOf": [{"additionalProperties": True}]}, [{"a": 1, "z": 1}], []),
+    ({"properties": {"a": {}}, "additionalProperties": {"type": "integer"}}, [{"a": "s", "z": 1}], []),
+    ({"properties": {"a": {}}, "patternProperties": {"^x": {"type": "integer"}}}, [{"a": 1, "x1": 1, "z": "s"}], []),
+    ({"properties": {"a": {}}, "allOf": [{"properties": {"b": {}}}], "unevaluatedProperties": {"type": "integer"}},
+     [{"a": "s", "b": "s", "z": 1}], []),
+    # objects whose schema lists no property stay free-form (as in xgrammar's strict mode)
+    ({"type": "object"}, [{"z": 1}], []),
+    ({"type": "object", "properties": {}, "required": ["id"]}, [{"id": 1, "z": 1}], []),
+    ({"properties": {"a": False}}, [{"z": 1}], []),
+    ({"type": "object", "not": {"required": ["a"]}}, [{"z": 1}], []),
+    ({"type": "object", "if": {"required": ["a"]}, "then": {"required": ["b"]}}, [{"a": 1, "b": 1, "z": 1}, {"z": 1}], []),
+    # enum/const values are written as given
+    ({"properties": {"a": {}}, "enum": [{"a": 1, "z": 2}]}, [{"a": 1, "z": 2}], []),
+]
+
+
+def _keys_of(value: Any) -> set[str]:
+    if isinstance(value, dict):
+        return set(value).union(*(_keys_of(v) for v in value.values()))
+    return set()
+
+
+@pytest.mark.parametrize("index", range(len(UNLISTED_KEY_CASES)))
+def test_forbidding_unlisted_keys_only_restricts(index: int) -> None:
+    schema, kept, rejected = UNLISTED_KEY_CASES[index]
+    forbid = compile_json_schema(schema, BYTE_VOCAB, unlisted_keys="forbid")
+    exact = compile_json_schema(schema, BYTE_VOCAB)
+    check = validator(schema)
+
+    def accepts(grammar: CompiledGrammar, value: Any) -> bool:  # in some key order: the grammar writes one
+        return any(grammar.accepts_bytes(compact(v)) for v in _key_orders(value))
+
+    for instance in kept:
+        assert check.is_valid(instance) and accepts(forbid, instance), instance
+    for instance in rejected:
+        assert check.is_valid(instance) and accepts(exact, instance), instance  # valid: rejected by the option
+        assert not accepts(forbid, instance), instance
+    # the oracle: every object over these keys that the restricted grammar accepts validates
+    keys = sorted(set().union(*(_keys_of(v) for v in kept + rejected)) | {"z"})
+    for names in itertools.chain.from_iterable(itertools.combinations(keys, k) for k in range(min(len(keys), 3) + 1)):
+        for values in itertools.product([1, "s"], repeat=len(names)):
+            candidate = dict(zip(names, values))
+            if accepts(forbid, candidate):
+                assert check.is_valid(candidate) and accepts(exact, candidate), candidate
+    rng = random.Random(index)
+    for _ in range(20):
+        document = random_document(forbid, rng, rng.randrange(2, 50))
+        assert check.is_valid(json.loads(document)), document
+        assert exact.accepts_bytes(document), document
+
+
+def test_forbidding_unlisted_keys_on_real_schemas_stays_valid() -> None:
+    rng = random.Random(5)
+    compiled = 0
+    for path in _maskbench_sample(40):
+        schema = json.loads(path.read_text())["schema"]
+        try:
+            grammar = compile_json_schema(schema, BYTE_VOCAB, unlisted_keys="forbid")
+        except (UnsupportedSchemaError, LimitError):
+            continue
+        compiled += 1
+        check = validator(schema)
+        for _ in range(3):
+            document = random_document(grammar, rng, rng.randrange(10, 120))
+            assert check.is_valid(json.loads(document)), (path.name, document)
+    assert compiled >= 20
+
+
+def test_forbidding_unlisted_keys_short_of_min_properties() -> None:
+    schema = {"type": "object", "properties": {"a": {}}, "minProperties": 2}
+    assert compile_json_schema(schema, BYTE_VOCAB).accepts_bytes(b'{"a":1,"z":1}')
+    with pytest.raises(UnsupportedSchemaError, match="unlisted_keys") as caught:
+        compile_json_schema(schema, BYTE_VOCAB, unlisted_keys="forbid")
+    assert caught.value.pointer == "/minProperties"
+    nested = {"type": "object", "properties": {"p": schema}, "required": ["p"]}
+    with pytest.raises(UnsupportedSchemaError, match="unlisted_keys") as caught:
+        compile_json_schema(nested, BYTE_VOCAB, unlisted_keys="forbid")
+    assert caught.value.pointer == "/properties/p/minProperties"
+    # where something else is left, that is what is written
+    grammar = compile_json_schema({**schema, "type": ["object", "null"]}, BYTE_VOCAB, unlisted_keys="forbid")
+    assert grammar.accepts_bytes(b"null") and not grammar.accepts_bytes(b'{"a":1,"z":1}')

@@ -61,7 +61,12 @@ def jsonschemabench_command(args: argparse.Namespace, argv: Sequence[str]) -> in
     import torch
     from transformers.utils import logging as hf_logging
 
-    from gramspec.evaluation.engines import EngineUnavailable, Target, make_engine
+    from gramspec.evaluation.engines import (
+        GRAMSPEC_ENGINES,
+        EngineUnavailable,
+        Target,
+        make_engine,
+    )
     from gramspec.models import load_model
 
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
@@ -71,7 +76,7 @@ def jsonschemabench_command(args: argparse.Namespace, argv: Sequence[str]) -> in
     target = Target.of(model, tokenizer)
     engines = []
     for name in args.engines:
-        drafters = args.drafter if name == "gramspec" else [None]
+        drafters = args.drafter if name in GRAMSPEC_ENGINES else [None]
         for drafter in drafters:
             try:
                 engines.append(make_engine(name, target, whitespace=args.whitespace, drafter=drafter,

@@ -7,6 +7,9 @@ when the first token came. Engines:
 ``gramspec``        :func:`gramspec.generate` (its own decode loop, opportunistic
                     masking; optionally a drafter and aligned sampling):
                     ``gramspec[grammar+ngram]`` names the drafter
+``gramspec-forbid`` the same with ``unlisted_keys="forbid"`` (no object keys beyond
+                    the listed ones where the schema says nothing of them,
+                    as xgrammar's strict mode; docs/json_schema.md)
 ``unconstrained``   ``model.generate`` without a constraint (the reference the
                     paper compares with)
 ``xgrammar``        ``model.generate`` + ``xgrammar.contrib.hf.LogitsProcessor``
@@ -42,6 +45,8 @@ from gramspec.plugins.mask import apply_token_bitmask
 
 Whitespace = Literal["compact", "flexible"]
 PEERS: tuple[str, ...] = ("xgrammar", "llguidance", "outlines")
+#: gramspec's engines, by the ``unlisted_keys`` option they compile schemas with.
+GRAMSPEC_ENGINES: dict[str, str] = {"gramspec": "schema", "gramspec-forbid": "forbid"}
 
 
 class EngineUnavailable(GramspecError, RuntimeError):
@@ -118,13 +123,16 @@ class GramspecEngine(Engine):
     """:func:`gramspec.generate` with a drafter and aligned-sampling mode of choice."""
 
     def __init__(self, target: Target, whitespace: Whitespace = "compact", *, drafter: str | None = None,
-                 num_draft_tokens: int | str = 4, aligned: str | None = None) -> None:
+                 num_draft_tokens: int | str = 4, aligned: str | None = None, unlisted_keys: str = "schema") -> None:
         super().__init__(target, whitespace)
         self.drafter, self.num_draft_tokens, self.aligned = drafter, num_draft_tokens, aligned
-        self.name = "gramspec" if drafter is None else f"gramspec[{drafter}]"
+        self.unlisted_keys = unlisted_keys
+        self.name = next(name for name, mode in GRAMSPEC_ENGINES.items() if mode == unlisted_keys)
+        if drafter is not None:
+            self.name += f"[{drafter}]"
         if aligned is not None:
             self.name += f"[{aligned}]"
-        self._compile_options: dict[str, Any] = {"whitespace": whitespace}
+        self._compile_options: dict[str, Any] = {"whitespace": whitespace, "unlisted_keys": unlisted_keys}
         # per-tokenizer preparation (vocabulary bytes, token table), as the peers do theirs at setup
         from gramspec.grammars.json_schema import compile_json_schema
 
@@ -134,7 +142,7 @@ class GramspecEngine(Engine):
         from gramspec.plugins.hf import compile_constraint
 
         # what gramspec.generate compiles, and then finds in its in-memory cache
-        self._compile_options = {"whitespace": self.whitespace, "max_seconds": timeout}
+        self._compile_options = {"whitespace": self.whitespace, "max_seconds": timeout, "unlisted_keys": self.unlisted_keys}
         return compile_constraint("schema", schema, self.target.vocabulary(), **self._compile_options)
 
     def compile_status(self, error: BaseException) -> CompileStatus:
@@ -374,13 +382,14 @@ class OutlinesEngine(HFEngine):
 
 def make_engine(name: str, target: Target, *, whitespace: Whitespace = "compact", drafter: str | None = None,
                 num_draft_tokens: int | str = 4, aligned: str | None = None) -> Engine:
-    """The engine called ``name``: ``gramspec``, ``unconstrained`` or a peer."""
-    if name == "gramspec":
-        return GramspecEngine(target, whitespace, drafter=drafter, num_draft_tokens=num_draft_tokens, aligned=aligned)
+    """The engine called ``name``: ``gramspec``, ``gramspec-forbid``, ``unconstrained`` or a peer."""
+    if name in GRAMSPEC_ENGINES:
+        return GramspecEngine(target, whitespace, drafter=drafter, num_draft_tokens=num_draft_tokens, aligned=aligned,
+                              unlisted_keys=GRAMSPEC_ENGINES[name])
     classes: dict[str, type[Engine]] = {
         "unconstrained": Unconstrained, "xgrammar": XGrammarEngine, "llguidance": LLGuidanceEngine,
         "outlines": OutlinesEngine,
     }
     if name not in classes:
-        raise ValueError(f"unknown engine {name!r}; choose from gramspec, {', '.join(classes)}")
+        raise ValueError(f"unknown engine {name!r}; choose from {', '.join([*GRAMSPEC_ENGINES, *classes])}")
     return classes[name](target, whitespace)

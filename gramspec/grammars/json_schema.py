@@ -14,6 +14,12 @@ numbers are written without exponents when bounded, integers without a
 fraction or exponent, ``-0`` is never written, enum/const values are written
 in compact canonical form, formats use a strict subset of their grammar, keys
 that the schema does not list (which may repeat) count once toward ``minProperties``.
+
+``unlisted_keys="forbid"`` is an opt-in restriction of the same kind: an object
+schema that lists properties and says nothing of other keys (no
+``additionalProperties``, ``patternProperties`` or ``unevaluatedProperties``,
+read after ``allOf``/``$ref``/branches are merged) gets no keys beyond the ones
+it names, as if it said ``additionalProperties: false``.
 """
 
 from __future__ import annotations
@@ -40,6 +46,12 @@ from gramspec.grammars.regex_dfa import ByteDFA, difference, intersect, json_str
 from gramspec.vocab import Vocabulary
 
 Whitespace = Literal["compact", "flexible"]
+#: What an object schema that says nothing of keys beyond its ``properties`` allows there:
+#: ``"schema"`` any (JSON Schema), ``"forbid"`` none (restricted; docs/json_schema.md).
+UnlistedKeys = Literal["schema", "forbid"]
+# Internal annotation (unlisted_keys="forbid"): a part of this merged schema lists a property that
+# may appear, though merging may have turned it false (dependentSchemas: the trigger left out).
+_LISTS_PROPERTIES = "x-gramspec-lists-properties"
 
 _ANNOTATIONS = frozenset(
     {
@@ -47,6 +59,7 @@ _ANNOTATIONS = frozenset(
         "default", "examples", "example", "deprecated", "readOnly", "writeOnly", "definitions", "$defs",
         "contentMediaType", "contentEncoding", "contentSchema", "nullable", "discriminator", "xml",
         "externalDocs", "markdownDescription", "enumDescriptions", "errorMessage", "additionalItems_",
+        _LISTS_PROPERTIES,
     }
 )  # fmt: skip
 _TYPES = ("null", "boolean", "object", "array", "string", "number", "integer")
@@ -135,13 +148,17 @@ def compile_json_schema(
     strict: bool = True,
     max_whitespace: int = DEFAULT_MAX_WHITESPACE,
     max_seconds: float = DEFAULT_COMPILE_SECONDS,
+    unlisted_keys: UnlistedKeys = "schema",
 ) -> CompiledGrammar:
     """Compile a JSON Schema (dict, bool, JSON text or pydantic model class) for ``vocab``.
 
     Compilation taking longer than ``max_seconds`` stops with :class:`LimitError`.
+    ``unlisted_keys="forbid"`` writes no keys beyond the listed ones in objects whose
+    schema lists properties and says nothing of other keys (a documented restriction).
     """
     spec = json_schema_spec(
-        schema, whitespace=whitespace, strict=strict, max_whitespace=max_whitespace, max_seconds=max_seconds
+        schema, whitespace=whitespace, strict=strict, max_whitespace=max_whitespace, max_seconds=max_seconds,
+        unlisted_keys=unlisted_keys,
     )
     return CompiledGrammar(spec, vocab)
 
@@ -153,6 +170,7 @@ def json_schema_spec(
     strict: bool = True,
     max_whitespace: int = DEFAULT_MAX_WHITESPACE,
     max_seconds: float = DEFAULT_COMPILE_SECONDS,
+    unlisted_keys: UnlistedKeys = "schema",
 ) -> Any:
     """The vocabulary-independent grammar of ``schema`` (see :func:`compile_json_schema`)."""
     if not isinstance(max_seconds, (int, float)) or not max_seconds > 0:
@@ -161,9 +179,14 @@ def json_schema_spec(
         raise ValueError(f"whitespace must be 'compact' or 'flexible', not {whitespace!r}")
     if not isinstance(max_whitespace, int) or not 0 <= max_whitespace <= 64:
         raise ValueError(f"max_whitespace must be an int from 0 to 64, not {max_whitespace!r}")
+    if unlisted_keys not in ("schema", "forbid"):
+        raise ValueError(f"unlisted_keys must be 'schema' or 'forbid', not {unlisted_keys!r}")
     root = _load(schema)
     _check_against_metaschema(root)
-    compiler = _Compiler(root, whitespace=whitespace, strict=strict, max_whitespace=max_whitespace, max_seconds=max_seconds)
+    compiler = _Compiler(
+        root, whitespace=whitespace, strict=strict, max_whitespace=max_whitespace, max_seconds=max_seconds,
+        forbid_unlisted_keys=unlisted_keys == "forbid",
+    )
     try:
         spec = compiler.build()
     except RecursionError:
@@ -223,9 +246,11 @@ def _pointer_escape(part: str) -> str:
 
 class _Compiler:
     def __init__(
-        self, root: Any, *, whitespace: Whitespace, strict: bool, max_whitespace: int, max_seconds: float
+        self, root: Any, *, whitespace: Whitespace, strict: bool, max_whitespace: int, max_seconds: float,
+        forbid_unlisted_keys: bool = False,
     ) -> None:
         self.root = root
+        self.forbid_unlisted_keys = forbid_unlisted_keys
         self.max_seconds = max_seconds
         self.deadline = time.monotonic() + max_seconds
         self.strict = strict
@@ -247,7 +272,8 @@ class _Compiler:
         resolve_ref.ignores_siblings = self.ref_siblings_ignored  # type: ignore[attr-defined]
         self.resolve_ref = resolve_ref
         self._any: Symbol | None = None
-        self.short_of_keys: list[str] = []  # objects whose minProperties needs two distinct extra keys
+        # objects a restriction left empty (minProperties short of keys): the error if nothing is left
+        self.emptied_by_restriction: list[UnsupportedSchemaError] = []
 
     # -- entry -----------------------------------------------------------------
 
@@ -264,12 +290,8 @@ class _Compiler:
             self.g.rule(root, value)
         spec = self.g.spec(root, "JSON schema")
         if spec is None:
-            if self.short_of_keys:  # empty by the restriction on extra keys, not necessarily unsatisfiable
-                raise UnsupportedSchemaError(
-                    "keyword 'minProperties' cannot be enforced exactly: it needs two or more distinct keys "
-                    "beyond the listed properties (extra keys count once)",
-                    pointer=self.short_of_keys[0] + "/minProperties",
-                )
+            if self.emptied_by_restriction:  # empty by a restriction, not necessarily unsatisfiable
+                raise self.emptied_by_restriction[0]
             raise SchemaError("schema accepts no JSON value (it is unsatisfiable)", pointer="")
         return spec
 
@@ -609,8 +631,13 @@ class _Compiler:
         if patterns:
             out["patternProperties"] = patterns
         additional = self.merge(extra, pointer + "/additionalProperties", container=False)
-        if additional != {}:
+        # under unlisted_keys="forbid", a merged schema keeps saying that its parts speak of
+        # other keys (additionalProperties: true), so that object() does not close it
+        speaks_of_extra = any(k in s for s in flat for k in ("additionalProperties", "unevaluatedProperties"))
+        if additional != {} or (self.forbid_unlisted_keys and speaks_of_extra):
             out["additionalProperties"] = additional
+        if self.forbid_unlisted_keys and any(_lists_properties(s) for s in flat):
+            out[_LISTS_PROPERTIES] = True
         return out
 
     def merge_arrays(self, flat: list[dict[str, Any]], pointer: str, container: bool) -> Any:
@@ -935,13 +962,21 @@ class _Compiler:
                 needed = dependents[name]
                 allowed_with[i] = None if needed - position.keys() else frozenset(d for d in needed if position[d] < i)
 
-        extra = self.extra_properties(names, patterns, additional, name_filter, pointer)
+        # unlisted_keys="forbid": a schema listing properties and silent on other keys gets none
+        closed = self.forbid_unlisted_keys and _closed_by_forbid(schema)
+        extra = None if closed else self.extra_properties(names, patterns, additional, name_filter, pointer)
         cap = max_props if max_props is not None else min_props
         if cap > DEFAULT_MAX_UNROLL:
             raise LimitError(f"minProperties/maxProperties {cap} is over the limit of {DEFAULT_MAX_UNROLL}", )
         n = len(entries)
         if extra is not None and min_props > n + 1:
-            self.short_of_keys.append(pointer)
+            self.emptied_by_restriction.append(UnsupportedSchemaError(
+                "keyword 'minProperties' cannot be enforced exactly: it needs two or more distinct keys "
+                "beyond the listed properties (extra keys count once)", pointer=pointer + "/minProperties"))
+        if closed and min_props > n:
+            self.emptied_by_restriction.append(UnsupportedSchemaError(
+                f"keyword 'minProperties' cannot be met with unlisted_keys='forbid': it needs keys beyond "
+                f"the {n} the schema lists", pointer=pointer + "/minProperties"))
         memo: dict[tuple[str, int, int, frozenset[str]], Symbol] = {}
         left_tail: list[Symbol] = []
         after: dict[int, Symbol] = {}
@@ -1301,6 +1336,22 @@ def _has_dependent_schemas(schema: dict[str, Any]) -> bool:
     return "dependentSchemas" in schema or (
         isinstance(dependencies, dict) and any(not isinstance(v, list) for v in dependencies.values())
     )
+
+
+def _closed_by_forbid(schema: dict[str, Any]) -> bool:
+    """Whether ``unlisted_keys="forbid"`` allows no unlisted keys in objects of (merged) ``schema``:
+    it lists properties and says nothing of other keys. Objects whose schema lists none that
+    may appear (``{"type": "object"}``, ``properties: {}``, ``not: {required: [a]}``) stay
+    free-form, as in xgrammar's strict mode."""
+    if any(k in schema for k in ("additionalProperties", "patternProperties", "unevaluatedProperties")):
+        return False
+    return _lists_properties(schema)
+
+
+def _lists_properties(schema: dict[str, Any]) -> bool:
+    """Whether ``schema`` (or a part merged into it) lists a property whose schema is not false."""
+    properties = schema.get("properties") or {}
+    return bool(schema.get(_LISTS_PROPERTIES)) or any(sub is not False for sub in properties.values())
 
 
 def _constraining(schema: dict[str, Any]) -> bool:

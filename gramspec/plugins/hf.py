@@ -215,7 +215,7 @@ class JSONSchemaLogitsProcessor(GrammarConstraintLogitsProcessor):
     greedily (``do_sample=False``, one beam), so a row whose argmax the grammar
     allows gets only that token instead of the full mask (same tokens, fewer
     masks; wrong for sampling and beam search); other keywords go to
-    ``compile_json_schema``.
+    ``compile_json_schema`` (``whitespace``, ``unlisted_keys="forbid"``, ...).
     """
 
     def __init__(
