@@ -45,11 +45,19 @@ from gramspec.specdec import (
     decode,
     make_drafter,
     register_drafter,
+    sibling_law,
     verify_deterministic,
     verify_stochastic,
+    verify_stochastic_tree,
 )
 from gramspec.specdec import loop as loop_module
-from gramspec.specdec.drafters import crop_cache, walk_allowed
+from gramspec.specdec import verify as verify_module
+from gramspec.specdec.drafters import (
+    crop_cache,
+    sample_siblings,
+    sibling_rows,
+    walk_allowed,
+)
 
 # ids: 0 a, 1 b, 2 ab, 3 ba, 4 c, 5 <eos>, 6 x (prompt only), 7 y (prompt only)
 TOKENS = [b"a", b"b", b"ab", b"ba", b"c", b"", b"x", b"y"]
@@ -467,6 +475,7 @@ DRAFTERS: dict[str, Callable[[Any], Drafter]] = {
     "recycling": lambda dm: TokenRecycling(),
     "trigram": lambda dm: TrigramTable(),
     "model": lambda dm: DraftModel(dm),
+    "model-tree": lambda dm: DraftModel(dm, branching=2),
     "grammar+model": lambda dm: Chain([GrammarForced(), DraftModel(dm)]),
     "grammar+ngram": lambda dm: Chain([GrammarForced(), PromptLookup()]),
 }
@@ -653,7 +662,8 @@ def test_max_new_tokens_bounds_drafts(target: Any, grammar: Any) -> None:
 def test_a_transformers_model_and_its_kv_cache(grammar: Any) -> None:
     """Greedy identity and the law of the first tokens on a real (tiny, random) Llama with a DynamicCache."""
     target, drafts = tiny_llama(0), tiny_llama(1)
-    for drafter in (Chain([GrammarForced(), PromptLookup()]), DraftModel(drafts), TokenRecycling()):
+    for drafter in (Chain([GrammarForced(), PromptLookup()]), DraftModel(drafts), TokenRecycling(),
+                    DraftModel(drafts, branching=2)):
         for shift in range(3):
             prompt = PROMPT[shift:] + PROMPT[:shift]
             outs = []
@@ -664,10 +674,11 @@ def test_a_transformers_model_and_its_kv_cache(grammar: Any) -> None:
                                    drafter=d, draft_length=4).tokens)
             assert outs[0] == outs[1]
     law = exact_law(target, grammar, temperature=1.0)
-    counts, totals = sample_sequences(target, grammar, DraftModel(drafts), 400, seed=9)
-    assert totals["drafted"] > 0
-    ok, stat, df = check_law(counts, law)
-    assert ok, (stat, df)
+    for drafter in (DraftModel(drafts), DraftModel(drafts, branching=2, siblings="iid")):  # a chain, a sampled tree
+        counts, totals = sample_sequences(target, grammar, drafter, 400, seed=9)
+        assert totals["drafted"] > 0
+        ok, stat, df = check_law(counts, law)
+        assert ok, (stat, df)
 
 
 def test_layer_skip_drafts_with_part_of_the_target(grammar: Any) -> None:
@@ -695,3 +706,266 @@ def test_layer_skip_drafts_with_part_of_the_target(grammar: Any) -> None:
         LayerSkip(target, keep=[1, 2])
     with pytest.raises(ValueError, match="model.model.layers"):
         LayerSkip(ToyLM(0, len(TOKENS)))
+
+
+# -- stochastic token trees: sampled siblings, SpecInfer / RSD rules ------------------------------------
+
+def _stale_residual(p: torch.Tensor, tokens: Any, q_rows: torch.Tensor) -> tuple[list[float], torch.Tensor]:
+    """Wrong: every sibling is tested against the node's target p, not against the residual
+    left by the siblings rejected before it; one residual step after the last."""
+    p = p.double()
+    accept = [min(1.0, float(p[x]) / float(q[x])) if q[x] > 0 else 0.0 for x, q in zip(tokens, q_rows)]
+    if not len(q_rows):
+        return accept, p
+    residual = (p - q_rows[-1].double()).clamp(min=0)
+    return accept, residual / residual.sum() if residual.sum() > 0 else p
+
+
+def _fresh_target(p: torch.Tensor, tokens: Any, q_rows: torch.Tensor) -> tuple[list[float], torch.Tensor]:
+    """Wrong: siblings accepted with min(1, p/q) and, when all are rejected, p sampled afresh (no residual)."""
+    accept, _ = _stale_residual(p, tokens, q_rows)
+    return accept, p.double()
+
+
+SIBLING_RULES = {"recursive": sibling_law, "stale-residual": _stale_residual, "fresh-target": _fresh_target}
+
+
+def _sibling_draws(q: torch.Tensor, k: int, siblings: Any) -> list[tuple[list[int], float]]:
+    """Every sequence of ``k`` siblings drawn from ``q`` with its probability (without
+    replacement: fewer when ``q``'s support runs out, as :func:`sample_siblings` does)."""
+    out: list[tuple[list[int], float]] = []
+
+    def visit(drawn: list[int], prob: float) -> None:
+        remaining = q.clone()
+        if siblings == "without_replacement":
+            remaining[drawn] = 0
+        if len(drawn) == k or float(remaining.sum()) <= 0:
+            out.append((drawn, prob))
+            return
+        row = remaining / remaining.sum()
+        for token in torch.nonzero(row > 0).flatten().tolist():
+            visit([*drawn, token], prob * float(row[token]))
+
+    visit([], 1.0)
+    return out
+
+
+def _node_law(p: torch.Tensor, q: torch.Tensor, k: int, siblings: Any, rule: Callable[..., Any]) -> torch.Tensor:
+    """The exact law of the token one node emits: every sibling draw enumerated, and for
+    each the chance of each acceptance and of the final residual."""
+    law = torch.zeros_like(p, dtype=torch.float64)
+    for drawn, prob in _sibling_draws(q, k, siblings):
+        rows = sibling_rows(q, drawn, siblings)
+        accept, residual = rule(p, drawn, rows)
+        reach = prob
+        for token, chance in zip(drawn, accept):
+            law[token] += reach * chance
+            reach *= 1 - chance
+        law += reach * residual
+    return law
+
+
+NODE_CASES = {
+    # (p, q): p has mass where q has none and the reverse
+    "random": (torch.tensor([0.05, 0.3, 0.0, 0.25, 0.4]), torch.tensor([0.5, 0.1, 0.2, 0.0, 0.2])),
+    "p on tokens q never draws": (torch.tensor([0.0, 0.0, 0.0, 0.6, 0.4]), torch.tensor([0.4, 0.3, 0.3, 0.0, 0.0])),
+    "p on one likely sibling": (torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0]), torch.tensor([0.7, 0.1, 0.1, 0.1, 0.0])),
+    "p equals q": (torch.tensor([0.1, 0.2, 0.3, 0.4, 0.0]), torch.tensor([0.1, 0.2, 0.3, 0.4, 0.0])),
+    "q one token (deterministic)": (torch.tensor([0.3, 0.3, 0.4, 0.0, 0.0]), torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0])),
+}
+
+
+@pytest.mark.parametrize("siblings", ["iid", "without_replacement"])
+@pytest.mark.parametrize("case", sorted(NODE_CASES))
+def test_sibling_rule_emits_the_target_exactly(siblings: str, case: str) -> None:
+    """Exact enumeration of every sibling draw: the recursive rule emits p to rounding,
+    for 1..3 siblings; the rules without the residual update do not (on the cases
+    where rejections happen)."""
+    p, q = (t.double() for t in NODE_CASES[case])
+    for k in (1, 2, 3):
+        law = _node_law(p, q, k, siblings, sibling_law)
+        assert torch.allclose(law, p, atol=1e-12), (k, law, p)
+    if case == "random":
+        for name in ("stale-residual", "fresh-target"):
+            law = _node_law(p, q, 3, siblings, SIBLING_RULES[name])
+            assert float((law - p).abs().sum()) / 2 > 0.02, (name, law)  # total variation
+
+
+def _random_node(generator: torch.Generator, zeros: int = 1) -> torch.Tensor:
+    return _random_law(generator, 5, zeros)
+
+
+@pytest.mark.parametrize("siblings", ["iid", "without_replacement"])
+@pytest.mark.parametrize("rule", ["recursive", "stale-residual", "fresh-target"])
+def test_stochastic_tree_verifier_has_the_target_law(siblings: str, rule: str, monkeypatch: Any) -> None:
+    """A two-level tree sampled afresh each time (3 root candidates from q, 2 under each
+    from q after that token), verified; the emitted tokens continued by plain sampling to
+    two tokens have the law pi(y1) pi(y2 | y1) (chi-square, 6000 draws). The rules
+    without the residual update fail the same test."""
+    monkeypatch.setattr(verify_module, "sibling_law", SIBLING_RULES[rule])
+    g = torch.Generator().manual_seed(11)
+    v = 5
+    p_root, q_root = _random_node(g), _random_node(g, zeros=2)
+    p_next = torch.stack([_random_node(g) for _ in range(v)])
+    q_next = torch.stack([_random_node(g, zeros=2) for _ in range(v)])
+    counts = np.zeros((v, v), dtype=np.int64)
+    for _ in range(6000):
+        roots, root_rows = sample_siblings(q_root, 3, siblings, g)  # type: ignore[arg-type]
+        tokens, parents, rows = list(roots), [-1] * len(roots), [root_rows]
+        for i, x in enumerate(roots):
+            kids, kid_rows = sample_siblings(q_next[x], 2, siblings, g)  # type: ignore[arg-type]
+            tokens += kids
+            parents += [i] * len(kids)
+            rows.append(kid_rows)
+
+        def target(i: int, tokens: list[int] = tokens) -> torch.Tensor:
+            return p_root if i == 0 else p_next[tokens[i - 1]]
+
+        out = verify_stochastic_tree(tokens, parents, torch.cat(rows), target, generator=g)
+        assert len(out) <= 3
+        if len(out) == 1:
+            out.append(int(torch.multinomial(p_next[out[0]], 1, generator=g)))
+        counts[out[0], out[1]] += 1
+    law = (p_root[:, None] * p_next).numpy()
+    ok, stat, df = fits(counts.ravel(), law.ravel())
+    print(f"{rule} {siblings}: chi-square {stat:.1f} on {df} df")
+    assert ok == (rule == "recursive"), (stat, df)
+
+
+def test_stochastic_tree_verifier_edge_cases() -> None:
+    g = torch.Generator().manual_seed(0)
+    eye = torch.eye(4, dtype=torch.float64)
+    q = torch.tensor([0.5, 0.5, 0.0, 0.0], dtype=torch.float64)
+    # a sibling with q(x) = 0 is never accepted; p all on the other sibling: it always is
+    p = torch.tensor([0.0, 1.0, 0.0, 0.0], dtype=torch.float64)
+    for _ in range(20):
+        assert verify_stochastic_tree([2, 1], [-1, -1], torch.stack([q, q]), lambda i: p if i == 0 else eye[3],
+                                      generator=g) == [1, 3]
+    # p all on siblings that are rejected (p(x) = 0): the residual gives p, never a sibling
+    p = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64)
+    assert verify_stochastic_tree([0, 1, 0], [-1, -1, -1], torch.stack([q, q, q]), lambda i: p, generator=g) == [3]
+    # an accepted EOS ends the output; q == p is always accepted, then a bonus token
+    assert verify_stochastic_tree([EOS], [-1], eye[:1].new_zeros(1, 8).index_fill_(1, torch.tensor([EOS]), 1.0),
+                                  lambda i: torch.eye(8)[EOS], generator=g, stop={EOS}) == [EOS]
+    assert verify_stochastic_tree([0, 2], [-1, 0], torch.stack([q, eye[2]]),
+                                  lambda i: [q, eye[2], eye[1]][i], generator=g)[1:] == [2, 1]
+    with pytest.raises(ValueError, match="topological"):
+        verify_stochastic_tree([0, 1], [1, -1], torch.stack([q, q]), lambda i: q)
+
+
+def test_draft_model_samples_token_trees(draft_model: Any, grammar: Any) -> None:
+    for siblings in ("iid", "without_replacement"):
+        drafter = DraftModel(draft_model, branching=3, siblings=siblings)  # type: ignore[arg-type]
+        for seed in range(20):
+            context = DraftContext(PROMPT, 1, grammar.matcher(), greedy=False, eos_ids=frozenset([EOS]),
+                                   generator=torch.Generator().manual_seed(seed))
+            draft = drafter.propose(context, 7)
+            assert context.matcher.num_tokens == 0  # type: ignore[union-attr]
+            assert draft.parents is not None and draft.q is not None and draft.q.shape == (len(draft), len(TOKENS))
+            assert 3 <= len(draft) <= 7 and draft.parents[:3] == [-1, -1, -1]
+            for i, (token, parent) in enumerate(zip(draft.tokens, draft.parents)):
+                path = [draft.tokens[j] for j in _path(draft.parents, i)]
+                assert walk_allowed(grammar.matcher(), path, frozenset([EOS])) == len(path)  # inside the grammar
+                assert math.isclose(float(draft.q[i].sum()), 1.0, rel_tol=1e-5) and draft.q[i, token] > 0
+                siblings_before = [j for j in range(i) if draft.parents[j] == parent]
+                if siblings == "without_replacement":
+                    assert all(draft.q[i, draft.tokens[j]] == 0 for j in siblings_before)  # RSD: renormalized rows
+                elif siblings_before:
+                    assert torch.equal(draft.q[i], draft.q[siblings_before[0]])  # SpecInfer: one q per node
+                if token in (draft.tokens[j] for j in siblings_before):  # a repeated i.i.d. draw is not expanded
+                    assert siblings == "iid" and i not in draft.parents
+            kids: dict[int, list[int]] = {}
+            for i, parent in enumerate(draft.parents):
+                kids.setdefault(parent, []).append(i)
+            for group in kids.values():  # siblings are added together, in draw order
+                assert group == list(range(group[0], group[0] + len(group)))
+    greedy = DraftModel(draft_model, branching=2).propose(_context(PROMPT, grammar), 6)
+    assert greedy.q is None and greedy.is_tree and greedy.parents[:2] == [-1, -1]  # type: ignore[index]
+    assert greedy.tokens[0] == DraftModel(draft_model).propose(_context(PROMPT, grammar), 1).tokens[0]
+    with pytest.raises(ValueError, match="branching"):
+        DraftModel(draft_model, branching=0)
+    with pytest.raises(ValueError, match="siblings"):
+        DraftModel(draft_model, siblings="sometimes")  # type: ignore[arg-type]
+    assert make_drafter("model-tree", draft_model=draft_model).branching == 2  # type: ignore[attr-defined]
+
+
+def test_adaptive_length_does_not_cut_a_sampled_draft_by_its_own_tokens() -> None:
+    q = torch.full((3, 4), 0.25)
+    draft = Draft([1, 2, 3], q, [0.9, 0.1, 0.9])
+    assert DraftLength(max_tokens=8, adaptive=True, threshold=0.5).cut(draft).tokens == [1, 2, 3]
+    assert DraftLength(max_tokens=2, adaptive=True).cut(draft).tokens == [1, 2]
+    with pytest.raises(ValueError, match="one row per token"):
+        Draft([1, 2], q)
+
+
+class SampledTree(Drafter):
+    """A stochastic tree from a fixed law: 3 candidates at the root drawn from the
+    grammar-masked ``q``, 2 under each, ``q`` depending on the parent token."""
+
+    name = "sampled-tree"
+
+    def __init__(self, siblings: Any) -> None:
+        self.siblings = siblings
+        g = torch.Generator().manual_seed(5)
+        self.laws = torch.rand(len(TOKENS) + 1, len(TOKENS), generator=g) ** 3
+
+    def _q(self, context: DraftContext, path: list[int]) -> torch.Tensor | None:
+        law = self.laws[path[-1] if path else len(TOKENS)].clone()
+        for token in range(len(TOKENS)):
+            if walk_allowed(context.matcher, [*path, token], context.eos_ids) < len(path) + 1:
+                law[token] = 0
+        return law / law.sum() if law.sum() > 0 else None
+
+    def propose(self, context: DraftContext, k: int) -> Draft:
+        tokens: list[int] = []
+        parents: list[int] = []
+        rows: list[torch.Tensor] = []
+        level: list[tuple[int, list[int]]] = [(-1, [])]
+        for width in (3, 2):
+            below = []
+            for node, path in level:
+                q = None if (path and path[-1] == EOS) else self._q(context, path)
+                if q is None or len(tokens) >= k:
+                    continue
+                drawn, q_rows = sample_siblings(q, min(width, k - len(tokens)), self.siblings, context.generator)
+                for token, row in zip(drawn, q_rows):
+                    tokens.append(token)
+                    parents.append(node)
+                    rows.append(row)
+                    below.append((len(tokens) - 1, [*path, token]))
+            level = below
+        return Draft(tokens, torch.stack(rows) if rows else None, [0.5] * len(tokens), parents)
+
+
+TREE_SAMPLES = 2000
+STOCHASTIC_TREES: dict[str, Callable[[Any], Drafter]] = {
+    "model-tree iid": lambda dm: DraftModel(dm, branching=2, siblings="iid"),
+    "model-tree without replacement": lambda dm: DraftModel(dm, branching=3),
+    "grammar+model-tree": lambda dm: Chain([GrammarForced(), DraftModel(dm, branching=2)]),
+    "sampled-tree iid": lambda dm: SampledTree("iid"),
+    "sampled-tree without replacement": lambda dm: SampledTree("without_replacement"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STOCHASTIC_TREES))
+def test_stochastic_trees_keep_the_exact_law(
+    target: Any, draft_model: Any, tree_grammar: Any, tree_law: dict[tuple[int, ...], float], name: str
+) -> None:
+    drafter = STOCHASTIC_TREES[name](draft_model)
+    counts, totals = sample_sequences(target, tree_grammar, drafter, TREE_SAMPLES, k=6, seed=7)
+    assert totals["drafted"] > 2 * TREE_SAMPLES and 0 < totals["accepted"] < totals["drafted"]
+    ok, stat, df = check_law(counts, tree_law)
+    print(f"{name}: chi-square {stat:.1f} on {df} df, {totals['accepted']}/{totals['drafted']} accepted")
+    assert ok, (stat, df)
+
+
+@pytest.mark.parametrize("rule", ["stale-residual", "fresh-target"])
+def test_stochastic_trees_without_the_residual_fail_the_same_test(
+    target: Any, draft_model: Any, tree_grammar: Any, tree_law: dict[tuple[int, ...], float], rule: str,
+    monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(verify_module, "sibling_law", SIBLING_RULES[rule])
+    counts, _ = sample_sequences(target, tree_grammar, SampledTree("iid"), TREE_SAMPLES // 2, k=6, seed=7)
+    ok, stat, df = check_law(counts, tree_law)
+    print(f"{rule}: chi-square {stat:.1f} on {df} df")
+    assert not ok, (stat, df)

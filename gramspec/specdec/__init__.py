@@ -9,6 +9,7 @@ from gramspec.specdec.drafters import (
     GrammarForced,
     LayerSkip,
     PromptLookup,
+    SiblingSampling,
     TokenRecycling,
     TrigramTable,
     available_drafters,
@@ -16,7 +17,12 @@ from gramspec.specdec.drafters import (
     register_drafter,
 )
 from gramspec.specdec.loop import DecodeOutput, DecodeStats, DraftLength, decode
-from gramspec.specdec.verify import verify_deterministic, verify_stochastic
+from gramspec.specdec.verify import (
+    sibling_law,
+    verify_deterministic,
+    verify_stochastic,
+    verify_stochastic_tree,
+)
 
 __all__ = [
     "Chain",
@@ -30,12 +36,15 @@ __all__ = [
     "GrammarForced",
     "LayerSkip",
     "PromptLookup",
+    "SiblingSampling",
     "TokenRecycling",
     "TrigramTable",
     "available_drafters",
     "decode",
     "make_drafter",
     "register_drafter",
+    "sibling_law",
     "verify_deterministic",
     "verify_stochastic",
+    "verify_stochastic_tree",
 ]

@@ -4,7 +4,9 @@ A drafter proposes up to ``k`` tokens after the current context
 (:meth:`Drafter.propose`) and may learn from what the target did
 (:meth:`Drafter.observe`). A draft is *deterministic* (no ``q``: the tokens
 are a function of the context) or *stochastic* (``q[i]`` is the distribution
-``tokens[i]`` was sampled from). Drafts are restricted to the grammar: every
+``tokens[i]`` was sampled from). Either may be a token tree; in a stochastic
+tree the siblings are sampled candidates (:class:`DraftModel` with
+``branching``). Drafts are restricted to the grammar: every
 drafter stops at the first token the matcher rejects, and the draft model
 samples from its masked distribution, so ``q`` is zero outside the grammar.
 
@@ -22,7 +24,7 @@ import dataclasses
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -33,7 +35,14 @@ from gramspec.plugins.mask import apply_token_bitmask
 
 @dataclass
 class Draft:
-    """Proposed tokens; ``q`` (``(len(tokens), V)`` probabilities) only for stochastic drafts."""
+    """Proposed tokens; ``q`` (``(len(tokens), V)`` probabilities) only for stochastic drafts.
+
+    ``q[i]`` is the law ``tokens[i]`` was drawn from, given its path and, in a tree,
+    its earlier siblings: the draft's distribution at the parent for i.i.d. siblings
+    (SpecInfer), that distribution with the earlier siblings removed and renormalized
+    for siblings drawn without replacement (RSD); a one-hot row for a deterministic
+    token. The verifier needs nothing else to know which rule applies.
+    """
 
     tokens: list[int] = field(default_factory=list)
     q: torch.Tensor | None = None
@@ -42,15 +51,16 @@ class Draft:
     confidence: list[float] = field(default_factory=list)
     #: A token tree: ``parents[i]`` is the index of token ``i``'s parent in ``tokens``
     #: (always below ``i``), -1 for a child of the last committed token; siblings are
-    #: distinct tokens. None: a chain (token ``i``'s parent is ``i - 1``).
+    #: tried in index order. Deterministic siblings are distinct tokens; sampled ones
+    #: (with ``q``) may repeat when drawn i.i.d. None: a chain (token ``i``'s parent is ``i - 1``).
     parents: list[int] | None = None
 
     def __post_init__(self) -> None:
-        if self.parents is not None:
-            if len(self.parents) != len(self.tokens) or any(not -1 <= p < i for i, p in enumerate(self.parents)):
-                raise ValueError(f"tree parents {self.parents} do not fit {len(self.tokens)} tokens in topological order")
-            if self.q is not None:
-                raise ValueError("token trees are deterministic drafts (no q)")
+        parents = self.parents
+        if parents is not None and (len(parents) != len(self.tokens) or any(not -1 <= p < i for i, p in enumerate(parents))):
+            raise ValueError(f"tree parents {parents} do not fit {len(self.tokens)} tokens in topological order")
+        if self.q is not None and (self.q.ndim != 2 or self.q.shape[0] != len(self.tokens)):
+            raise ValueError(f"q must have one row per token ({len(self.tokens)}), not shape {tuple(self.q.shape)}")
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -399,6 +409,42 @@ class TrigramTable(Drafter):
             self._add(self._context[-2:] + [int(t) for t in inputs[1 : i + 1]], int(token), 0.5)
 
 
+#: How a node's sampled children are drawn from the draft distribution ``q``: ``"iid"``
+#: (with replacement, SpecInfer) or ``"without_replacement"`` (RSD).
+SiblingSampling = Literal["iid", "without_replacement"]
+
+
+def sibling_rows(q: torch.Tensor, drawn: Sequence[int], siblings: SiblingSampling) -> torch.Tensor:
+    """The law each of the ``drawn`` siblings came from, given the earlier ones (``Draft.q``'s rows):
+    ``q`` itself for i.i.d. draws; for draws without replacement, ``q`` with the earlier
+    siblings removed and renormalized (Jeon et al. 2024, "Recursive Speculative Decoding")."""
+    if siblings == "iid":
+        return q.expand(len(drawn), -1).clone()
+    rows: list[torch.Tensor] = []
+    remaining = q.clone()
+    for token in drawn:
+        rows.append(remaining / remaining.sum())
+        remaining[token] = 0
+    return torch.stack(rows) if rows else q.new_zeros((0, q.shape[-1]))
+
+
+def sample_siblings(
+    q: torch.Tensor, n: int, siblings: SiblingSampling, generator: torch.Generator | None
+) -> tuple[list[int], torch.Tensor]:
+    """``n`` children drawn from ``q`` (fewer without replacement when ``q``'s support is
+    smaller) and their rows for ``Draft.q``. Without replacement the draws are the
+    Gumbel-Top-k trick RSD uses: the ``n`` largest ``log q + Gumbel noise``, in order,
+    which is drawing one token at a time from ``q`` with the earlier ones removed."""
+    q_cpu = q.detach().float().cpu()
+    if siblings == "iid":
+        drawn = [int(t) for t in torch.multinomial(q_cpu, n, replacement=True, generator=generator).tolist()]
+    else:
+        uniform = torch.rand(q_cpu.shape, generator=generator).clamp_(min=torch.finfo(torch.float32).tiny)
+        keys = q_cpu.log() - torch.log(-torch.log(uniform))
+        drawn = [int(t) for t in torch.topk(keys, min(n, int((q_cpu > 0).sum()))).indices.tolist()]
+    return drawn, sibling_rows(q, drawn, siblings)
+
+
 class DraftModel(Drafter):
     """A smaller causal LM with the same tokenizer drafts ``k`` tokens, masked by the grammar.
 
@@ -406,12 +452,27 @@ class DraftModel(Drafter):
     its masked, temperature-scaled distribution and reports ``q`` (a stochastic
     draft). The drafter keeps its own KV cache and crops it to what it shares with
     the context.
+
+    ``branching > 1`` drafts a token tree: each expanded node gets ``branching``
+    children at once, sampled from its masked distribution (``siblings="iid"``:
+    SpecInfer's i.i.d. candidates, Miao et al. 2024; ``"without_replacement"``: RSD's,
+    Jeon et al. 2024, which never repeats a token), or, when greedy, its
+    ``branching`` most likely tokens. Nodes are expanded best-first by the product of
+    the draft's probabilities along their path, one draft forward per expanded node.
+    A repeated i.i.d. sibling is kept (the verifier must see it: it moves the
+    residual) but never expanded, since it is always rejected.
     """
 
     name = "model"
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, *, branching: int = 1, siblings: SiblingSampling = "without_replacement") -> None:
+        if isinstance(branching, bool) or not isinstance(branching, int) or branching < 1:
+            raise ValueError(f"branching must be an integer >= 1, not {branching!r}")
+        if siblings not in get_args(SiblingSampling):
+            raise ValueError(f"siblings must be one of {', '.join(get_args(SiblingSampling))}, not {siblings!r}")
         self.model = model
+        self.branching = branching
+        self.siblings: SiblingSampling = siblings
         self._cache: Any = None
         self._cached: list[int] = []  # tokens whose keys/values are in the cache
 
@@ -440,7 +501,29 @@ class DraftModel(Drafter):
         """A fresh KV cache for the draft model (None: the model makes its own)."""
         return None
 
+    def _masked_logits(self, context: DraftContext, path: Sequence[int]) -> torch.Tensor:
+        """The draft's logits after the context and ``path``, masked by the grammar there."""
+        logits = self._logits_after([int(t) for t in context.tokens] + list(path))
+        matcher = context.matcher
+        if matcher is None:
+            return logits
+        taken = matcher.advance_many(path) if path else 0
+        try:
+            if taken != len(path):
+                raise AssertionError(f"draft path {list(path)} passed the mask but the matcher rejected it")
+            bitmask = np.zeros(mask_words(matcher.grammar.vocab.size), dtype=np.int32)
+            matcher.fill_mask(bitmask)
+        finally:
+            if taken:
+                matcher.rollback(taken)
+        return apply_token_bitmask(logits, bitmask)
+
     def propose(self, context: DraftContext, k: int) -> Draft:
+        if self.branching > 1:
+            return self._propose_tree(context, k)
+        return self._propose_chain(context, k)
+
+    def _propose_chain(self, context: DraftContext, k: int) -> Draft:
         tokens = [int(t) for t in context.tokens]
         matcher = context.matcher
         drafted: list[int] = []
@@ -478,8 +561,54 @@ class DraftModel(Drafter):
         q = torch.stack(q_rows) if q_rows else None
         return Draft(drafted, q, confidence)
 
+    def _propose_tree(self, context: DraftContext, k: int) -> Draft:
+        """A tree grown best-first; all of a node's children are added when it is expanded,
+        so which siblings the draft holds never depends on the tokens drawn for them."""
+        import heapq
+
+        tokens: list[int] = []
+        parents: list[int] = []
+        rows: list[torch.Tensor] = []
+        confidence: list[float] = []
+        survival: list[float] = []
+        paths: list[list[int]] = []
+        frontier: list[tuple[float, int]] = [(-1.0, -1)]  # (-survival, node) still to expand; -1: the root
+        with torch.inference_mode():
+            while frontier and len(tokens) < k:
+                neg, node = heapq.heappop(frontier)
+                if node >= 0 and -neg < context.min_survival:
+                    break  # every node left is less likely still
+                path = paths[node] if node >= 0 else []
+                logits = self._masked_logits(context, path)
+                if not bool(torch.isfinite(logits).any()):
+                    continue
+                n = min(self.branching, k - len(tokens))
+                if context.greedy:
+                    probs = torch.softmax(logits, dim=-1)
+                    top = torch.topk(probs, min(n, int((probs > 0).sum())))
+                    drawn = [int(t) for t in top.indices.tolist()]
+                else:
+                    probs = torch.softmax(logits / max(context.temperature, 1e-6), dim=-1)
+                    drawn, q_rows = sample_siblings(probs, n, self.siblings, context.generator)
+                    rows.extend(q_rows.to(probs.device))
+                seen: set[int] = set()
+                for token in drawn:
+                    repeated = token in seen
+                    seen.add(token)
+                    chance = 0.0 if repeated else float(probs[token])
+                    tokens.append(token)
+                    parents.append(node)
+                    paths.append([*path, token])
+                    confidence.append(chance)
+                    survival.append(chance * (survival[node] if node >= 0 else 1.0))
+                    if not repeated and token not in context.eos_ids:
+                        heapq.heappush(frontier, (-survival[-1], len(tokens) - 1))
+        q = torch.stack(rows) if rows else None
+        return Draft(tokens, q, confidence, parents)
+
     def __repr__(self) -> str:
-        return f"DraftModel({type(self.model).__name__})"
+        options = f", branching={self.branching}, siblings={self.siblings!r}" if self.branching > 1 else ""
+        return f"DraftModel({type(self.model).__name__}{options})"
 
 
 class LayerSkip(DraftModel):
@@ -495,7 +624,14 @@ class LayerSkip(DraftModel):
 
     name = "layerskip"
 
-    def __init__(self, model: Any, keep: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        keep: Sequence[int] | None = None,
+        *,
+        branching: int = 1,
+        siblings: SiblingSampling = "without_replacement",
+    ) -> None:
         base = getattr(model, "model", None)
         layers = getattr(base, "layers", None)
         if not isinstance(layers, torch.nn.ModuleList) or not len(layers):
@@ -506,7 +642,7 @@ class LayerSkip(DraftModel):
         if not keep or keep[0] != 0 or keep[-1] >= n or keep[0] < 0:
             raise ValueError(f"keep must list layers of 0..{n - 1} and include layer 0 (the cache's length is read there)")
         self.keep = keep
-        super().__init__(_shallow_copy(model, keep))
+        super().__init__(_shallow_copy(model, keep), branching=branching, siblings=siblings)
 
     def _new_cache(self) -> Any:
         from transformers import DynamicCache
@@ -568,18 +704,8 @@ class Chain(Drafter):
                 sub = dataclasses.replace(context, tokens=list(context.tokens) + draft.tokens)
                 part = drafter.propose(sub, k - len(draft))
                 self._last.append(len(part))
-                if part.q is not None:
-                    if draft.tokens:  # a stochastic part after deterministic tokens: one-hot rows for them
-                        vocab = part.q.shape[-1]
-                        head = torch.nn.functional.one_hot(torch.tensor(draft.tokens), vocab).to(part.q)
-                        part = Draft(part.tokens, torch.cat([head, part.q]), part.confidence)
-                        return Draft(draft.tokens + part.tokens, part.q, draft.confidence + part.confidence)
-                    return part
-                if part.parents is not None:  # a tree hangs off the chain so far and ends it
-                    base = len(draft) - 1
-                    parents = [base if p < 0 else p + len(draft) for p in part.parents]
-                    return Draft(draft.tokens + part.tokens, None, draft.confidence + part.confidence,
-                                 list(range(-1, base)) + parents)
+                if part.q is not None or part.parents is not None:  # a stochastic part or a tree ends the chain
+                    return _continue(draft, part)
                 draft = Draft(draft.tokens + part.tokens, None, draft.confidence + part.confidence)
                 if matcher is not None:
                     for token in part.tokens:
@@ -604,6 +730,19 @@ class Chain(Drafter):
 
     def __repr__(self) -> str:
         return f"Chain({', '.join(map(repr, self.drafters))})"
+
+
+def _continue(head: Draft, tail: Draft) -> Draft:
+    """``tail`` drafted after the deterministic chain ``head``: one-hot ``q`` rows for the
+    head's tokens when the tail is stochastic, the tail's roots hung off the head's end."""
+    n = len(head)
+    q = tail.q
+    if q is not None and n:
+        q = torch.cat([torch.nn.functional.one_hot(torch.tensor(head.tokens), q.shape[-1]).to(q), q])
+    parents = None
+    if tail.parents is not None:
+        parents = list(range(-1, n - 1)) + [n - 1 if p < 0 else p + n for p in tail.parents]
+    return Draft(head.tokens + tail.tokens, q, head.confidence + tail.confidence, parents)
 
 
 def cached_forward(
@@ -708,10 +847,19 @@ def _layer_skip_factory(target_model: Any = None) -> Drafter:
     return LayerSkip(target_model)
 
 
-def _draft_model_factory(draft_model: Any = None) -> Drafter:
+def _draft_model_factory(
+    draft_model: Any = None, branching: int = 1, siblings: SiblingSampling = "without_replacement"
+) -> Drafter:
     if draft_model is None:
         raise ValueError("drafter 'model' needs draft_model=<a causal LM with the target's tokenizer>")
-    return DraftModel(draft_model)
+    return DraftModel(draft_model, branching=branching, siblings=siblings)
+
+
+def _draft_model_tree_factory(draft_model: Any = None, branching: int = 2,
+                              siblings: SiblingSampling = "without_replacement") -> Drafter:
+    if draft_model is None:
+        raise ValueError("drafter 'model-tree' needs draft_model=<a causal LM with the target's tokenizer>")
+    return DraftModel(draft_model, branching=branching, siblings=siblings)
 
 
 register_drafter("grammar", GrammarForced)
@@ -719,4 +867,5 @@ register_drafter("ngram", PromptLookup)
 register_drafter("recycling", TokenRecycling)
 register_drafter("trigram", TrigramTable)
 register_drafter("model", _draft_model_factory)
+register_drafter("model-tree", _draft_model_tree_factory)
 register_drafter("layerskip", _layer_skip_factory)

@@ -27,7 +27,11 @@ from gramspec.specdec.drafters import (
     cached_forward,
     crop_cache,
 )
-from gramspec.specdec.verify import verify_deterministic, verify_stochastic
+from gramspec.specdec.verify import (
+    verify_deterministic,
+    verify_stochastic,
+    verify_stochastic_tree,
+)
 
 #: eos: the sequence ended; length: max_new_tokens reached; time: max_time passed.
 FinishReason = Literal["eos", "length", "time"]
@@ -84,6 +88,13 @@ class DraftLength:
       measured forward time for ``n + 1`` input tokens (on a CPU a forward over a few
       tokens costs well over one token's, so weak drafts are not worth verifying; with
       ``n = 0`` the step is plain decoding).
+
+    A stochastic draft (one with ``q``) is only cut to ``max_tokens``: its confidences
+    are the draft's probabilities of the tokens it drew, and dropping a sampled token
+    because of its own value biases the output (``q = (0.9, 0.1)``, ``pi = (0.1, 0.9)``,
+    a threshold that drops the second token: the first comes out with probability
+    0.11, not 0.1). Its drafter applies the threshold while drafting instead
+    (:attr:`DraftContext.min_survival`), deciding before each draw whether to draw on.
     """
 
     max_tokens: int = 4
@@ -102,7 +113,7 @@ class DraftLength:
         return cls(max_tokens=value)
 
     def cut(self, draft: Draft, cost: ForwardCost | None = None) -> Draft:
-        if not self.adaptive:
+        if not self.adaptive or draft.q is not None:
             return draft.truncate(self.max_tokens)
         # a token's survival: the chance it is accepted (the product of the confidences on
         # its path); a draft's first n tokens are a chain's prefix or a subtree
@@ -314,10 +325,25 @@ def _verify(
 
         return verify_deterministic(draft.tokens, draw, stop=eos_ids, parents=draft.parents)
 
-    scores = pipeline.process_positions(logits, draft.tokens)
-    probs = torch.softmax(scores.float(), dim=-1)
-    emitted = verify_stochastic(probs, draft.tokens, draft.q, generator=generator, stop=eos_ids)
-    for token in emitted:
+    if draft.is_tree:
+        advanced = 0
+
+        def target(i: int) -> torch.Tensor:  # called along the accepted path: 0, then 1 + each accepted node
+            nonlocal advanced
+            if i > 0:
+                if not pipeline.advance(draft.tokens[i - 1]):
+                    raise AssertionError(f"the verifier accepted token {draft.tokens[i - 1]}, which the pipeline rejects")
+                advanced += 1
+            return pipeline.distribution(logits[i])
+
+        emitted = verify_stochastic_tree(draft.tokens, draft.parents or [], draft.q, target,
+                                         generator=generator, stop=eos_ids)
+        pending = emitted[advanced:]
+    else:
+        scores = pipeline.process_positions(logits, draft.tokens)
+        probs = torch.softmax(scores.float(), dim=-1)
+        emitted = pending = verify_stochastic(probs, draft.tokens, draft.q, generator=generator, stop=eos_ids)
+    for token in pending:
         if not pipeline.advance(token):
             raise AssertionError(f"the verifier emitted token {token}, which the pipeline rejects")
     return emitted

@@ -17,6 +17,15 @@ time.
   ``y``), and with Gumbel-max draws it keeps the opportunistic-masking fast
   path and matches plain decoding draw for draw under the same seed. Greedy
   decoding is the special case where the draw is the argmax.
+* :func:`verify_stochastic_tree` — a token tree whose siblings were *sampled*
+  (several candidates per position): at each node its children are tried in
+  order with the rule above, the target ``p`` replaced by the residual
+  ``norm(max(p - q_i, 0))`` after each rejected child ``i``, and the final
+  residual sampled when all are rejected (SpecInfer's multi-step speculative
+  sampling, Miao et al. 2024, for siblings drawn i.i.d.; recursive rejection
+  sampling, Jeon et al. 2024 "Recursive Speculative Decoding", for siblings
+  drawn without replacement). One-hot rows of ``q`` make deterministic tokens
+  a special case (accept ``x`` with probability ``p(x)``, else remove it).
 
 Never "truncate the draft at the first invalid token and sample afresh":
 for a stochastic draft that is biased (tests check that it fails).
@@ -96,6 +105,82 @@ def verify_deterministic(
         out.append(token)
         child = children.get(node, {}).get(token)
         if child is None or token in stop:
+            return out
+        node = child
+
+
+def sibling_law(p: torch.Tensor, tokens: Sequence[int], q_rows: torch.Tensor) -> tuple[list[float], torch.Tensor]:
+    """Recursive rejection sampling at one node: the chance that each sampled sibling is
+    accepted once all earlier ones were rejected, and the residual sampled when all are.
+
+    ``p`` is the constrained target at the node, ``tokens[i]`` the ``i``-th sibling and
+    ``q_rows[i]`` the law it was drawn from *given the earlier siblings*: the draft's
+    ``q`` itself for i.i.d. siblings (SpecInfer, Miao et al. 2024), ``q``
+    with the earlier siblings removed and renormalized for siblings drawn without
+    replacement (RSD, Jeon et al. 2024). Sibling ``i`` is accepted with probability
+    ``min(1, p_i(x_i) / q_i(x_i))``, then ``p_{i+1} = norm(max(p_i - q_i, 0))``; each
+    step gives every token ``y`` the probability ``p_i(y)`` (``min(p_i, q_i)`` from an
+    acceptance, ``max(p_i - q_i, 0)`` from the rejection branch), whatever the later
+    siblings are, so the node emits exactly ``p``.
+
+    A sibling with ``q_i(x_i) = 0`` (it cannot have been drawn) is rejected. The
+    residual is zero only when ``p_i == q_i``, where rejection has probability zero:
+    up to rounding, ``p_i`` itself is kept then.
+    """
+    accept: list[float] = []
+    p = p.double()
+    for x, q_row in zip(tokens, q_rows):
+        q_row = q_row.to(p.device).double()
+        px, qx = float(p[x]), float(q_row[x])
+        accept.append(min(1.0, px / qx) if qx > 0 else 0.0)
+        residual = (p - q_row).clamp_(min=0)
+        total = float(residual.sum())
+        if total > 0:
+            p = residual / total
+    return accept, p
+
+
+def verify_stochastic_tree(
+    tokens: Sequence[int],
+    parents: Sequence[int],
+    q: torch.Tensor,
+    target: Callable[[int], torch.Tensor],
+    *,
+    generator: torch.Generator | None = None,
+    stop: Container[int] = (),
+) -> list[int]:
+    """Accepted tokens + one, for a token tree of sampled siblings (fewer when a token in
+    ``stop`` is accepted).
+
+    ``parents`` as in :attr:`Draft.parents` (parents first; siblings may repeat when
+    drawn i.i.d.); ``q[i]`` is the law ``tokens[i]`` was drawn from given its path and
+    its earlier siblings (see :func:`sibling_law`). ``target(i)`` returns the
+    constrained target probabilities at position ``i``: 0 at the root, else 1 + the
+    index of the last accepted token; it is called once per node on the accepted path,
+    in order, so the caller can move its state past ``tokens[i - 1]`` there.
+
+    Which siblings a node has may depend on anything drafted before them, never on
+    the values drawn for them (a draft cut by its own tokens' probabilities is biased).
+    """
+    n = len(tokens)
+    if len(parents) != n or q.shape[0] != n or any(not -1 <= p < i for i, p in enumerate(parents)):
+        raise ValueError(f"need {n} parents in topological order and {n} draft rows, got {len(parents)} and {q.shape[0]}")
+    children: dict[int, list[int]] = {}
+    for i, parent in enumerate(parents):
+        children.setdefault(parent, []).append(i)
+    out: list[int] = []
+    node = -1
+    while True:
+        kids = children.get(node, [])
+        accept, residual = sibling_law(target(node + 1), [tokens[i] for i in kids], q[kids])
+        for child, chance in zip(kids, accept):
+            if float(torch.rand((), generator=generator)) < chance:
+                break
+        else:
+            out.append(_sample(residual, generator))
+            return out
+        out.append(int(tokens[child]))
+        if tokens[child] in stop:
             return out
         node = child
 
