@@ -10,8 +10,9 @@ Masks are exact: token ``t`` is allowed iff the bytes so far followed by
 docs/grammars.md). How a mask is computed for a state (Earley set ``P``, lexer
 state ``L``):
 
-1. per lexer state (cached): walk every token's bytes through the lexer DFA
-   at once with numpy. Tokens that stay inside the current lexeme are allowed
+1. per lexer state (cached): walk the vocabulary's byte trie through the
+   lexer DFA, one numpy step per depth (a prefix shared by many tokens is
+   stepped once). Tokens that stay inside the current lexeme are allowed
    whatever the parser holds; tokens that die without completing a lexeme are
    rejected; the rest cross a lexeme boundary and are grouped by (state at the
    boundary, remaining bytes);
@@ -26,6 +27,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -65,8 +67,8 @@ def pack_mask(allowed: np.ndarray) -> np.ndarray:
 class TokenTable:
     """The vocabulary as arrays, built once per vocabulary and shared."""
 
-    _cache: dict[str, TokenTable] = {}
-    _lock = threading.Lock()
+    _cache: ClassVar[dict[str, TokenTable]] = {}
+    _lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, vocab: Vocabulary) -> None:
         self.vocab = vocab
@@ -83,6 +85,7 @@ class TokenTable:
                 self.by_bytes[data] = token_id
         self.sorted_bytes = sorted(self.by_bytes)
         self.max_length = width
+        self.trie = TokenTrie.build(self)
 
     @classmethod
     def for_vocab(cls, vocab: Vocabulary) -> TokenTable:
@@ -96,6 +99,74 @@ class TokenTable:
         """Whether some token's bytes start with ``data`` and are longer."""
         i = bisect.bisect_right(self.sorted_bytes, data)
         return i < len(self.sorted_bytes) and self.sorted_bytes[i].startswith(data)
+
+
+@dataclass(frozen=True)
+class TrieLevel:
+    """The distinct token prefixes of one length, sorted (so by parent, then byte)."""
+
+    parent: np.ndarray  # int32 index of the prefix one byte shorter, in the level above
+    byte: np.ndarray  # uint8 last byte
+    lo: np.ndarray  # int32 range [lo, hi) of TokenTrie.order holding the tokens with this prefix;
+    hi: np.ndarray  # the ones equal to the prefix come first, ``exact`` of them
+    exact: np.ndarray
+    child_lo: np.ndarray  # int32 range of children in the level below
+    child_hi: np.ndarray
+    below: np.ndarray  # uint64 [n, 4]: bit set of the bytes after the prefix in these tokens
+
+
+@dataclass(frozen=True)
+class TokenTrie:
+    """The non-empty tokens sorted by bytes, with their prefix tree.
+
+    Every prefix's tokens are a contiguous range of ``order``, so a walk can
+    settle a whole subtree at once (all of it dead, crossing a lexeme
+    boundary at the same byte, or staying inside the lexeme)."""
+
+    order: np.ndarray  # token ids sorted by their bytes
+    levels: tuple[TrieLevel, ...]  # levels[d]: prefixes of d + 1 bytes
+
+    @classmethod
+    def build(cls, table: TokenTable) -> TokenTrie:
+        ids = table.nonempty
+        token_bytes = table.vocab.token_bytes
+        order = np.array(sorted(ids.tolist(), key=token_bytes.__getitem__), dtype=np.int64)
+        lengths = table.lengths[order]
+        node = np.zeros(order.size, dtype=np.int64)  # each token's prefix node at the current depth
+        raw: list[tuple[np.ndarray, ...]] = []
+        for depth in range(table.max_length):
+            active = np.flatnonzero(lengths > depth)
+            if not active.size:
+                break
+            keys_d = node[active] * 256 + table.matrix[order[active], depth]
+            unique, first, inverse = np.unique(keys_d, return_index=True, return_inverse=True)
+            node[active] = inverse
+            counts = np.bincount(inverse, minlength=unique.size)
+            lo = active[first].astype(np.int32)
+            ends = lengths[active] == depth + 1
+            exact = np.bincount(inverse[ends], minlength=unique.size).astype(np.int32)
+            raw.append(((unique >> 8).astype(np.int32), (unique & 255).astype(np.uint8), lo, (lo + counts).astype(np.int32), exact))
+        levels: list[TrieLevel] = []
+        below_next: np.ndarray | None = None
+        for depth in range(len(raw) - 1, -1, -1):
+            parent, byte, lo, hi, exact = raw[depth]
+            n = parent.size
+            below = np.zeros((n, 4), dtype=np.uint64)
+            if depth + 1 < len(raw):
+                child_parent, child_byte = raw[depth + 1][0], raw[depth + 1][1]
+                child_lo = np.searchsorted(child_parent, np.arange(n), side="left").astype(np.int32)
+                child_hi = np.searchsorted(child_parent, np.arange(n), side="right").astype(np.int32)
+                assert below_next is not None
+                child_bits = below_next.copy()
+                word, bit = child_byte >> 6, (child_byte & 63).astype(np.uint64)
+                child_bits[np.arange(child_byte.size), word] |= np.uint64(1) << bit
+                has = child_hi > child_lo
+                below[has] = np.bitwise_or.reduceat(child_bits, child_lo[has], axis=0)
+            else:
+                child_lo = child_hi = np.zeros(n, dtype=np.int32)
+            levels.append(TrieLevel(parent, byte, lo, hi, exact, child_lo, child_hi, below))
+            below_next = below
+        return cls(order.astype(np.int32), tuple(reversed(levels)))
 
 
 @dataclass(frozen=True)
@@ -302,10 +373,7 @@ class CompiledGrammar:
         found = self._lex_classes.get(lexer_state)
         if found is not None:
             return found
-        ids = self.tokens.nonempty
-        inside_ids, boundaries = self._lex_walk(
-            np.full(ids.shape[0], lexer_state, dtype=np.int32), ids, np.zeros(ids.shape[0], dtype=np.int32)
-        )
+        inside_ids, boundaries = self._trie_walk(lexer_state)
         inside = np.zeros(self.vocab.size, dtype=bool)
         inside[inside_ids] = True
         split = tuple(
@@ -315,6 +383,46 @@ class CompiledGrammar:
         lex_class = _LexClass(pack_mask(inside), split)
         self._lex_classes[lexer_state] = lex_class
         return lex_class
+
+    def _trie_walk(self, lexer_state: int) -> tuple[np.ndarray, list[tuple[int, np.ndarray, np.ndarray]]]:
+        """:meth:`_lex_walk` of every token from offset 0 in ``lexer_state``,
+        over the vocabulary's trie: a frontier of live prefixes is stepped one
+        byte per round. A prefix whose next byte kills the lexeme settles its
+        whole subtree (crossing a boundary there if the lexeme is complete,
+        else dead); a live prefix whose remaining bytes all loop on its state
+        settles its subtree as inside."""
+        lexer, trie = self._lexer, self.tokens.trie
+        order = trie.order
+        inside: list[np.ndarray] = []
+        crossings: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []  # lo, hi, position, state
+        nodes = np.arange(trie.levels[0].parent.size, dtype=np.int32)
+        before = np.full(nodes.size, lexer_state, dtype=np.int32)
+        for depth, level in enumerate(trie.levels):
+            table = lexer.rows(before)
+            after = table[before, level.byte[nodes]]
+            dead = after < 0
+            if dead.any():
+                ended = dead & lexer.has_accept[before]
+                crossings.append(
+                    (level.lo[nodes[ended]], level.hi[nodes[ended]], np.full(int(ended.sum()), depth, dtype=np.int32), before[ended])
+                )
+                live = ~dead
+                nodes, after = nodes[live], after[live]
+            lo, exact = level.lo[nodes], level.exact[nodes]
+            settled = ~(level.below[nodes] & ~lexer.loops[after]).any(axis=1)
+            inside.append(_expand_ranges(lo, np.where(settled, level.hi[nodes], lo + exact)))
+            nodes, after = nodes[~settled], after[~settled]
+            if not nodes.size or depth + 1 == len(trie.levels):
+                break
+            nodes, parents = _children(level.child_lo[nodes], level.child_hi[nodes])
+            before = after[parents]
+        inside_ids = order[np.concatenate(inside)] if inside else np.zeros(0, dtype=np.int32)
+        if not crossings:
+            return inside_ids, []
+        lo, hi, positions, states = (np.concatenate(parts) for parts in zip(*crossings))
+        counts = hi - lo
+        members = _expand_ranges(lo, hi)
+        return inside_ids, _group_by_state(order[members], np.repeat(positions, counts), np.repeat(states, counts))
 
     def _lex_walk(
         self, current: np.ndarray, ids: np.ndarray, positions: np.ndarray
@@ -350,22 +458,13 @@ class CompiledGrammar:
                 current = nxt
             positions = positions + 1
         inside_ids = np.concatenate(inside) if inside else np.zeros(0, dtype=np.int32)
-        boundaries: list[tuple[int, np.ndarray, np.ndarray]] = []
-        if crossed_ids:
-            all_ids = np.concatenate(crossed_ids)
-            all_pos = np.concatenate(crossed_pos)
-            all_state = np.concatenate(crossed_state)
-            complete = lexer.has_accept[all_state]
-            all_ids, all_pos, all_state = all_ids[complete], all_pos[complete], all_state[complete]
-            order = np.argsort(all_state, kind="stable")
-            all_ids, all_pos, all_state = all_ids[order], all_pos[order], all_state[order]
-            cuts = np.flatnonzero(np.diff(all_state)) + 1
-            for chunk_ids, chunk_pos, chunk_state in zip(
-                np.split(all_ids, cuts), np.split(all_pos, cuts), np.split(all_state, cuts)
-            ):
-                if chunk_ids.size:
-                    boundaries.append((int(chunk_state[0]), chunk_ids, chunk_pos))
-        return inside_ids, boundaries
+        if not crossed_ids:
+            return inside_ids, []
+        all_ids = np.concatenate(crossed_ids)
+        all_pos = np.concatenate(crossed_pos)
+        all_state = np.concatenate(crossed_state)
+        complete = lexer.has_accept[all_state]
+        return inside_ids, _group_by_state(all_ids[complete], all_pos[complete], all_state[complete])
 
     # -- forced text ---------------------------------------------------------
 
@@ -385,6 +484,36 @@ class CompiledGrammar:
         result = bytes(out)
         self._forced[state] = result
         return result
+
+
+def _expand_ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """The indices of the ranges ``[lo[i], hi[i])``, concatenated."""
+    counts = hi - lo
+    total = int(counts.sum())
+    if not total:
+        return np.zeros(0, dtype=np.int64)
+    starts = np.cumsum(counts) - counts
+    return np.repeat(lo - starts, counts) + np.arange(total)
+
+
+def _children(child_lo: np.ndarray, child_hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The children ``[child_lo[i], child_hi[i])`` of a frontier, each with its parent's place in it."""
+    counts = child_hi - child_lo
+    return _expand_ranges(child_lo, child_hi).astype(np.int32), np.repeat(np.arange(counts.size), counts)
+
+
+def _group_by_state(
+    ids: np.ndarray, positions: np.ndarray, states: np.ndarray
+) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """``(state, ids, positions)`` per distinct boundary state."""
+    order = np.argsort(states, kind="stable")
+    ids, positions, states = ids[order], positions[order], states[order]
+    cuts = np.flatnonzero(np.diff(states)) + 1
+    return [
+        (int(chunk_states[0]), chunk_ids, chunk_pos)
+        for chunk_ids, chunk_pos, chunk_states in zip(np.split(ids, cuts), np.split(positions, cuts), np.split(states, cuts))
+        if chunk_ids.size
+    ]
 
 
 class Matcher:

@@ -38,6 +38,7 @@ class Lexer:
         self._expanded = np.zeros(64, dtype=bool)
         self.has_exit = np.zeros(64, dtype=bool)  # some byte continues the lexeme
         self.has_accept = np.zeros(64, dtype=bool)  # some terminal is complete
+        self.loops = np.zeros((64, 4), dtype=np.uint64)  # bit set of the bytes that lead back to the state
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -50,8 +51,8 @@ class Lexer:
     def rows(self, states: np.ndarray) -> np.ndarray:
         """The transition table, with rows for ``states`` computed; index it by
         ``[state, byte]`` (-1: no live terminal takes the byte)."""
-        todo = [int(s) for s in np.unique(states) if not self._expanded[s]]
-        for state in todo:
+        pending = states[~self._expanded[states]]
+        for state in np.unique(pending).tolist():
             self._expand(state)
         return self._rows
 
@@ -81,6 +82,7 @@ class Lexer:
                 self._expanded = np.concatenate([self._expanded, np.zeros(grow, dtype=bool)])
                 self.has_exit = np.concatenate([self.has_exit, np.zeros(grow, dtype=bool)])
                 self.has_accept = np.concatenate([self.has_accept, np.zeros(grow, dtype=bool)])
+                self.loops = np.concatenate([self.loops, np.zeros((grow, 4), dtype=np.uint64)])
             self.pairs.append(pairs)
             self.fresh.append(fresh)
             self.accepts.append(
@@ -109,4 +111,5 @@ class Lexer:
                     row[live] = ids[inverse.reshape(-1)]
             self._rows[state] = row
             self.has_exit[state] = bool((row >= 0).any())
+            self.loops[state] = np.packbits(row == state, bitorder="little").view(np.uint64)
             self._expanded[state] = True
