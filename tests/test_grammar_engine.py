@@ -216,6 +216,25 @@ def test_regex_masks_match_brute_force(name: str, vocab_for) -> None:  # type: i
         assert np.array_equal(unpack_mask(grammar.mask(state), vocab.size), expected), (name, cut)
 
 
+def test_masks_match_brute_force_on_adversarial_vocabulary() -> None:
+    """The trie walk's corner cases: NUL bytes (they sort like padding), ids
+    with the same bytes, long prefix chains, tokens ending mid-character."""
+    rng = random.Random(7)
+    alphabet = [b"\x00", b"a", b"1", b'"', b"\\", b"\xc3", b"\xa9", b" ", b",", b"{", b"}", b":"]
+    tokens = [bytes([b]) for b in range(256)]
+    tokens += [b"a\x00", b"a\x00\x00", b"a\x00b", b"\x00\x00", b"a" * 40, b"a" * 41 + b'"', b'"a', b'"a']
+    tokens += [b"".join(rng.choices(alphabet, k=rng.randint(2, 9))) for _ in range(400)]
+    vocab = Vocabulary.from_token_bytes(tokens + [b""], eos_token_ids=[len(tokens)])
+    grammar = compile_grammar(JSON, vocab)
+    ref = reference(grammar)
+    for data in [b"", b'"', b'"a', b'{"a', b'{"a":1', b"[1", b'"\xc3', b'{"a": "x\\']:
+        state = grammar.walk(grammar.initial_state, data)
+        assert state is not None, data
+        expected = brute_force_mask(ref, ref.walk(ref.initial_state, data))  # type: ignore[arg-type]
+        wrong = np.flatnonzero(unpack_mask(grammar.mask(state), vocab.size) != expected)
+        assert wrong.size == 0, (data, [(int(i), vocab.token_bytes[i], bool(expected[i])) for i in wrong[:10]])
+
+
 def test_padding_ids_and_special_tokens_are_never_allowed() -> None:
     tokens = [bytes([b]) for b in range(256)] + [b"<s>", b""] + [b""] * 5
     vocab = Vocabulary.from_token_bytes(tokens, eos_token_ids=[257], special_token_ids=[256])
