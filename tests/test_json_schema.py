@@ -277,6 +277,9 @@ SCHEMAS: list[tuple[dict[str, Any], list[Any], list[Any]]] = [
         [[4], [-2, 0, 6], [6, 2, -2, 0]],
         [[], [0, 2], [4, 6], [4, 4], [-2, 4, -2], [3]],
     ),
+    # allOf nested in allOf, and under a double not (was a KeyError in the merge)
+    ({"allOf": [{"allOf": [{"allOf": [{"type": "integer"}]}]}], "minimum": 3}, [3, 40], [2, 3.5, "3", None]),
+    ({"allOf": [{"enum": [None, 1]}, {"not": {"not": {"allOf": [{"allOf": [{"type": "null"}]}]}}}]}, [None], [1, 0, False]),
 ]
 
 

@@ -588,8 +588,8 @@ class _Compiler:
             raise SchemaError("expected a schema", pointer=pointer)
         if _has_dependent_schemas(schema):
             schema = self.expand_dependent_schemas(schema, pointer)
-        if "allOf" in schema:
-            return self.merge([self.without(schema, "allOf"), *schema["allOf"]], pointer)
+        if "allOf" in schema:  # the merge of a single constraining part is that part, unflattened
+            return self.flatten(self.merge([self.without(schema, "allOf"), *schema["allOf"]], pointer), pointer)
         if isinstance(schema.get("items"), list):  # draft 4-7 tuple form
             tuple_form = schema
             schema = {k: v for k, v in schema.items() if k not in ("items", "additionalItems")}
