@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from stats import chi_square, chi_square_critical
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
 from gramspec import Vocabulary
+import gramspec.plugins.mask as mask_module
 from gramspec.grammars import compile_grammar, compile_regex, pack_mask, unpack_mask
 from gramspec.plugins import (
     GrammarMask,
@@ -47,18 +49,18 @@ def random_scores(generator: torch.Generator, n: int = len(TOKENS)) -> torch.Ten
 # -- bitmasks on torch -----------------------------------------------------------
 
 
+@pytest.mark.parametrize("unpack", [unpack_bitmask, mask_module._unpack_with_torch], ids=["cpu", "device-path"])
 @pytest.mark.parametrize("columns", [1, 31, 32, 33, 100, 130])
-def test_unpack_bitmask_matches_numpy(columns: int) -> None:
+def test_unpack_bitmask_matches_numpy(columns: int, unpack: Any) -> None:
     rng = np.random.default_rng(columns)
-    allowed = rng.random(100) < 0.5
-    words = pack_mask(allowed)
-    got = unpack_bitmask(torch.from_numpy(words), columns).numpy()
-    want = np.zeros(columns, dtype=bool)
+    allowed = rng.random((3, 100)) < 0.5
+    words = np.stack([pack_mask(row) for row in allowed])
+    got = unpack(torch.from_numpy(words), columns).numpy()
+    want = np.zeros((3, columns), dtype=bool)
     n = min(columns, 100)
-    want[:n] = unpack_mask(words, 100)[:n]
-    if columns > 100:  # bits past the vocabulary but inside the last word are zero
-        want[100:] = False
-    assert (got == want).all()
+    want[:, :n] = allowed[:, :n]  # bits past the vocabulary but inside the last word are zero
+    assert got.shape == (3, columns) and (got == want).all()
+    assert (unpack(torch.from_numpy(words[1]), columns).numpy() == want[1]).all()
 
 
 def test_apply_token_bitmask_is_one_new_tensor_and_inplace_variant_writes() -> None:

@@ -1,9 +1,10 @@
 """Token masks on torch tensors, and the grammar-mask plugin.
 
 Masks travel as packed int32 bitmasks (bit ``i % 32`` of word ``i // 32``,
-the xgrammar/llguidance layout). :func:`apply_token_bitmask` unpacks them with
-torch bit operations on the scores' device and applies them in one
-``masked_fill``, so the same code serves CPU and GPU.
+the xgrammar/llguidance layout). :func:`apply_token_bitmask` unpacks them on
+the scores' device (torch bit operations on an accelerator, numpy's
+``unpackbits`` on the CPU, where it is an order of magnitude faster) and
+applies them in one ``masked_fill``.
 """
 
 from __future__ import annotations
@@ -26,13 +27,41 @@ def _shifts(device: torch.device) -> torch.Tensor:
     return found
 
 
+_MINUS_INF: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+
+def _minus_inf(like: torch.Tensor) -> torch.Tensor:
+    key = (like.device, like.dtype)
+    found = _MINUS_INF.get(key)
+    if found is None:
+        found = _MINUS_INF[key] = torch.tensor(-torch.inf, device=like.device, dtype=like.dtype)
+    return found
+
+
 def unpack_bitmask(bitmask: torch.Tensor, num_columns: int) -> torch.Tensor:
     """A packed int32 bitmask (``(..., words)``) as bool ``(..., num_columns)``.
 
     Columns past the bitmask's ``words * 32`` bits are False (never allowed).
     """
+    if bitmask.device.type == "cpu":
+        return _unpack_with_numpy(bitmask, num_columns)
+    return _unpack_with_torch(bitmask, num_columns)
+
+
+def _unpack_with_numpy(bitmask: torch.Tensor, num_columns: int) -> torch.Tensor:
+    words = np.ascontiguousarray(bitmask.numpy(), dtype=np.int32)
+    bits = np.unpackbits(words.view(np.uint8), axis=-1, count=min(num_columns, words.shape[-1] * 32), bitorder="little")
+    allowed = torch.from_numpy(bits.view(bool))
+    return _pad_columns(allowed, num_columns)
+
+
+def _unpack_with_torch(bitmask: torch.Tensor, num_columns: int) -> torch.Tensor:
     bits = (bitmask.unsqueeze(-1) >> _shifts(bitmask.device)) & 1
     allowed = bits.reshape(*bitmask.shape[:-1], bitmask.shape[-1] * 32).bool()
+    return _pad_columns(allowed, num_columns)
+
+
+def _pad_columns(allowed: torch.Tensor, num_columns: int) -> torch.Tensor:
     have = allowed.shape[-1]
     if have >= num_columns:
         return allowed[..., :num_columns]
@@ -49,7 +78,7 @@ def apply_token_bitmask(scores: torch.Tensor, bitmask: torch.Tensor | np.ndarray
     """
     words = torch.as_tensor(bitmask).to(scores.device, non_blocking=True)
     allowed = unpack_bitmask(words, scores.shape[-1])
-    return scores.masked_fill(~allowed, -torch.inf)
+    return torch.where(allowed, scores, _minus_inf(scores))
 
 
 def apply_token_bitmask_inplace(scores: torch.Tensor, bitmask: torch.Tensor | np.ndarray) -> None:
