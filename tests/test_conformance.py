@@ -205,6 +205,67 @@ def test_reorder_uses_root_for_refs_inside_a_subschema() -> None:
     assert list(reorder_for_schema({"a": 1, "b": 2}, root["properties"]["v"], root)) == ["b", "a"]
 
 
+def _compiled_accepts(schema: Any, instance: Any) -> bool:
+    from gramspec.grammars.json_schema import compile_json_schema
+
+    return compile_json_schema(schema, BYTE_VOCAB).accepts_bytes(serialize(reorder_for_schema(instance, schema)))
+
+
+def test_reorder_puts_merged_allof_properties_before_branch_properties() -> None:
+    # the compiler merges allOf parts at once, then each anyOf branch with the merge
+    # (MaskBench Github_medium/o60846: 'platforms' after 'devices' was rejected)
+    schema = {"allOf": [{"properties": {"a": {}}}, {"anyOf": [{"properties": {"b": {}}}, {"properties": {"c": {}}}]},
+                        {"properties": {"d": {}}}]}  # fmt: skip
+    assert list(reorder_for_schema({"a": 1, "b": 1, "d": 1}, schema)) == ["a", "d", "b"]
+    assert list(reorder_for_schema({"c": 1, "d": 1, "a": 1}, schema)) == ["a", "d", "c"]
+    nested = {"$defs": {"base": {"properties": {"x": {}}, "anyOf": [{"properties": {"y": {}}}]}},
+              "allOf": [{"$ref": "#/$defs/base"}], "properties": {"z": {}}}  # fmt: skip
+    assert list(reorder_for_schema({"y": 1, "x": 1, "z": 1}, nested)) == ["z", "x", "y"]
+    for instance in ({"a": 1, "b": 1, "d": 1}, {"b": 1, "d": 1}, {"a": 1, "c": 1, "d": 1, "e": 1}):
+        assert _compiled_accepts(schema, instance), instance
+    assert _compiled_accepts(nested, {"y": 1, "x": 1, "z": 1})
+
+
+def test_reorder_puts_required_then_dependent_names_after_the_listed_ones() -> None:
+    # listed properties, required names not listed, names dependentRequired mentions
+    # (sorted), then other keys (MaskBench Github_hard/o12335, o29388)
+    schema = {"properties": {"a": {}}, "required": ["c"], "dependentRequired": {"a": ["e", "d"]}}
+    instance = {"x": 1, "d": 1, "c": 1, "e": 1, "a": 1}
+    assert list(reorder_for_schema(instance, schema)) == ["a", "c", "d", "e", "x"]
+    assert _compiled_accepts(schema, instance)
+    draft7 = {"$schema": "http://json-schema.org/draft-07/schema#", "dependencies": {"a": ["b"]},
+              "oneOf": [{"$ref": "#/definitions/w"}], "definitions": {"w": {"required": ["k"]}}}  # fmt: skip
+    assert list(reorder_for_schema({"z": 1, "k": 1, "b": 1, "a": 1}, draft7)) == ["k", "a", "b", "z"]
+    assert _compiled_accepts(draft7, {"z": 1, "k": 1, "b": 1, "a": 1})
+    # the compiler's branch for a dependent schema requires the trigger, so it is written there
+    dependent = {"properties": {"p": {}}, "dependentSchemas": {"t": {"properties": {"q": {}}}}}
+    assert list(reorder_for_schema({"z": 1, "t": 1, "q": 1, "p": 1}, dependent)) == ["p", "q", "t", "z"]
+    assert _compiled_accepts(dependent, {"z": 1, "t": 1, "q": 1, "p": 1})
+
+
+def test_reorder_prefers_a_branch_the_instance_validates_against() -> None:
+    # the second branch lists both keys but 'port' fails its type there; the instance is
+    # valid by the first, which lists only 'level' (MaskBench Github_medium/o71550)
+    schema = {"anyOf": [{"properties": {"level": {}}}, {"properties": {"port": {"type": "string"}, "level": {}}}]}
+    assert list(reorder_for_schema({"port": 8080, "level": "c"}, schema)) == ["level", "port"]
+    assert list(reorder_for_schema({"level": "c", "port": "p"}, schema)) == ["port", "level"]
+    assert _compiled_accepts(schema, {"port": 8080, "level": "c"})
+
+
+def test_reorder_passes_over_keywords_the_draft_does_not_apply() -> None:
+    # draft 4 has no if/then/else, const, dependentSchemas (dependencies: applied in every draft)
+    schema = {"$schema": "http://json-schema.org/draft-04/schema#", "properties": {"a": {}},
+              "if": {"properties": {"b": {}}}, "then": {"properties": {"c": {}}}, "dependentSchemas": {"a": {"properties": {"d": {}}}},
+              "items": {"const": {"y": 1, "x": 2}}}  # fmt: skip
+    assert list(reorder_for_schema({"d": 1, "c": 1, "b": 1, "a": 1}, schema)) == ["a", "d", "c", "b"]
+    assert serialize(reorder_for_schema([{"x": 2, "y": 1}], schema)) == b'[{"x":2,"y":1}]'
+    assert _compiled_accepts(schema, {"d": 1, "c": 1, "b": 1, "a": 1})
+    later = {"$schema": "http://json-schema.org/draft-07/schema#", "properties": {"a": {}},
+             "dependentSchemas": {"a": {"properties": {"d": {}}}}, "dependentRequired": {"b": ["c"]}}  # fmt: skip
+    assert list(reorder_for_schema({"d": 1, "b": 1, "a": 1}, later)) == ["a", "d", "b"]
+    assert _compiled_accepts(later, {"d": 1, "b": 1, "a": 1})
+
+
 def test_serialize_is_compact_utf8_and_survives_lone_surrogates() -> None:
     assert serialize({"a": [1, 2.5, "é", None, True]}) == '{"a":[1,2.5,"é",null,true]}'.encode()
     assert serialize("\ud800") == b'"\\ud800"'

@@ -280,6 +280,46 @@ SCHEMAS: list[tuple[dict[str, Any], list[Any], list[Any]]] = [
     # allOf nested in allOf, and under a double not (was a KeyError in the merge)
     ({"allOf": [{"allOf": [{"allOf": [{"type": "integer"}]}]}], "minimum": 3}, [3, 40], [2, 3.5, "3", None]),
     ({"allOf": [{"enum": [None, 1]}, {"not": {"not": {"allOf": [{"allOf": [{"type": "null"}]}]}}}]}, [None], [1, 0, False]),
+    # keywords of later drafts are unknown (annotations) in earlier ones: draft 4 has no
+    # if/then/else, const, contains, propertyNames, dependentRequired (MaskBench Github_medium/o3385)
+    (
+        {"$schema": "http://json-schema.org/draft-04/schema#", "type": ["object", "array"], "properties": {"a": {"type": "string"}},
+         "if": {"properties": {"t": {"const": "x"}}}, "then": {"required": ["c"]}, "const": {"t": "x"}, "contains": {"type": "null"},
+         "propertyNames": {"maxLength": 1}, "dependentRequired": {"a": ["b"]}, "prefixItems": [{"type": "string"}]},
+        [{"t": "x"}, {"a": "s", "t": "y", "long": 1}, [1], []],
+        [{"a": 1}, "s", None],
+    ),
+    (  # draft 6: const applies, if/then/else do not
+        {"$schema": "http://json-schema.org/draft-06/schema#", "properties": {"t": {"const": "x"}},
+         "if": {"required": ["t"]}, "then": {"required": ["c"]}, "else": False},
+        [{}, {"t": "x"}, {"t": "x", "c": 1}, 3],
+        [{"t": "y"}, {"t": 1}],
+    ),
+    (  # draft 7: dependencies apply, dependentSchemas/unevaluatedProperties do not
+        {"$schema": "http://json-schema.org/draft-07/schema#", "properties": {"a": {}}, "dependencies": {"a": ["b"]},
+         "dependentSchemas": {"b": False}, "unevaluatedProperties": False},
+        [{}, {"a": 1, "b": 2}, {"b": 1, "z": 2}],
+        [{"a": 1}, {"a": 1, "z": 2}],
+    ),
+    (  # a $ref may point through a keyword the draft does not apply
+        {"$schema": "http://json-schema.org/draft-04/schema#", "properties": {"a": {"$ref": "#/then/properties/x"}},
+         "then": {"properties": {"x": {"type": "string", "const": "q"}}}},
+        [{}, {"a": "z"}, {"a": "q"}],
+        [{"a": 1}, {"a": None}],
+    ),
+    # the compiler's key order (conformance.reorder_for_schema follows it): merged allOf
+    # properties, then branch properties; listed names, then required names not listed,
+    # then other keys (MaskBench Github_medium/o60846, Github_hard/o12335, o29388)
+    (
+        {"allOf": [{"properties": {"a": {}}}, {"anyOf": [{"properties": {"b": {}}}, {"properties": {"c": {}}}]}, {"properties": {"d": {}}}]},
+        [{"a": 1, "d": 1, "b": 1}, {"d": 1, "b": 1}, {"a": 1, "d": 1, "c": 1}, {"a": 1, "d": 1, "e": 1}],
+        [],
+    ),
+    (
+        {"properties": {"a": {"type": "integer"}}, "required": ["c"], "patternProperties": {"^x": {"type": "string"}}},
+        [{"c": 1}, {"a": 1, "c": 1, "x": "s"}, {"c": "x", "x1": "s", "b": None}],
+        [{"a": 1}, {"a": "1", "c": 1}, {"c": 1, "x": 1}],
+    ),
 ]
 
 
@@ -506,6 +546,17 @@ def test_if_then_else_act_within_their_own_schema_under_all_of() -> None:
     for instance, valid in [("a", True), ("ab", False), (5, True), (None, False)]:
         assert validator(paired).is_valid(instance) == valid
         assert grammar.accepts_bytes(compact(instance)) == valid, instance
+
+
+def test_dependencies_apply_in_every_draft() -> None:
+    # documented restriction: 2019-09 and 2020-12 (also no $schema) dropped 'dependencies',
+    # python-jsonschema ignores it there, the compiler applies it as draft 7 does
+    for draft in ("", "https://json-schema.org/draft/2019-09/schema", "https://json-schema.org/draft/2020-12/schema"):
+        schema = {"dependencies": {"a": ["b"], "c": {"required": ["d"]}}, **({"$schema": draft} if draft else {})}
+        grammar = compile_json_schema(schema, BYTE_VOCAB)
+        assert validator(schema).is_valid({"a": 1}) and validator(schema).is_valid({"c": 1})
+        assert not grammar.accepts_bytes(b'{"a":1}') and not grammar.accepts_bytes(b'{"c":1}')
+        assert grammar.accepts_bytes(b'{"a":1,"b":2}') and grammar.accepts_bytes(b'{"c":1,"d":2}')
 
 
 def test_mutated_real_schemas_never_crash() -> None:

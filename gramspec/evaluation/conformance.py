@@ -218,40 +218,67 @@ def _json_type_names(instance: Any) -> set[str]:
 
 
 def _parts(schema: Any, root: Any, instance: Any, seen: frozenset[int] = frozenset()) -> list[dict[str, Any]]:
-    """``schema`` and what it pulls in for ``instance``: $ref targets, allOf
-    branches, the anyOf/oneOf branch that best fits ``instance`` (recursively)."""
-    if not isinstance(schema, dict) or id(schema) in seen:
-        return []
-    seen = seen | {id(schema)}
-    out = [schema]
-    for key in ("$ref", "$dynamicRef", "$recursiveRef"):
-        target = resolve_ref(schema.get(key), root) if key in schema else None
-        if key == "$recursiveRef" and schema.get(key) == "#":
-            target = root
-        out.extend(_parts(target, root, instance, seen))
-    branches = schema.get("allOf")
-    if isinstance(branches, list):
-        for branch in branches:
-            out.extend(_parts(branch, root, instance, seen))
-    if isinstance(instance, dict):  # the compiler's order: dependent schemas of present names next
-        for key in ("dependentSchemas", "dependencies"):
-            entries = schema.get(key)
-            if isinstance(entries, dict):
-                for name, sub in entries.items():
-                    if name in instance and isinstance(sub, dict):
-                        out.extend(_parts(sub, root, instance, seen))
-    for key in ("anyOf", "oneOf"):
-        branches = schema.get(key)
+    """``schema`` and what it pulls in for ``instance``, in the compiler's order: first
+    the parts it merges at once ($ref targets and allOf branches, recursively), then,
+    for each of those, the dependent schemas of present names, the anyOf/oneOf branch
+    that best fits ``instance`` and the if/then/else branch taken (each expanded the
+    same way). Keywords that the draft of ``root`` does not apply are passed over."""
+    ignored = _ignored_keywords(root)
+    flat: list[dict[str, Any]] = []
+
+    def collect(node: Any) -> None:
+        nonlocal seen
+        if not isinstance(node, dict) or id(node) in seen:
+            return
+        seen = seen | {id(node)}
+        flat.append(node)
+        for key in ("$ref", "$dynamicRef", "$recursiveRef"):
+            if key in node and key not in ignored:
+                target = resolve_ref(node.get(key), root)
+                if key == "$recursiveRef" and node.get(key) == "#":
+                    target = root
+                collect(target)
+        branches = node.get("allOf")
         if isinstance(branches, list):
-            chosen = _choose_branch(branches, root, instance, seen)
-            if chosen is not None:
-                out.extend(chosen)
-    if "if" in schema and ("then" in schema or "else" in schema):
-        # the compiler's order for if/then/else: own properties, the condition's, then the branch's
-        out.extend(_parts(schema["if"], root, instance, seen))
-        branch = "then" if _satisfies(schema["if"], root, instance) else "else"
-        out.extend(_parts(schema.get(branch), root, instance, seen))
+            for branch in branches:
+                collect(branch)
+
+    collect(schema)
+    out = list(flat)
+    for node in flat:
+        if isinstance(instance, dict):  # the compiler's order: dependent schemas of present names next
+            for key in ("dependentSchemas", "dependencies"):
+                entries = node.get(key)
+                if isinstance(entries, dict) and key not in ignored:
+                    present = [n for n, sub in entries.items() if n in instance and isinstance(sub, dict) and sub]
+                    if present:  # the compiler's branch for them requires the names present
+                        out.append({"required": present})
+                    for name in present:
+                        out.extend(_parts(entries[name], root, instance, seen))
+        for key in ("anyOf", "oneOf"):
+            branches = node.get(key)
+            if isinstance(branches, list):
+                chosen = _choose_branch(branches, root, instance, seen)
+                if chosen is not None:
+                    out.extend(chosen)
+        if "if" in node and ("then" in node or "else" in node) and "if" not in ignored:
+            # the compiler's order for if/then/else: own properties, the condition's, then the branch's
+            out.extend(_parts(node["if"], root, instance, seen))
+            branch = "then" if _satisfies(node["if"], root, instance) else "else"
+            out.extend(_parts(node.get(branch), root, instance, seen))
     return out
+
+
+_IGNORED_CACHE: list[Any] = [None, frozenset()]
+
+
+def _ignored_keywords(root: Any) -> frozenset[str]:
+    """The keywords the draft of ``root`` does not apply (see the compiler's draft_ignored_keywords)."""
+    if _IGNORED_CACHE[0] is not root:
+        from gramspec.grammars.json_schema import draft_ignored_keywords
+
+        _IGNORED_CACHE[:] = [root, draft_ignored_keywords(root)]
+    return _IGNORED_CACHE[1]  # type: ignore[no-any-return]
 
 
 def _satisfies(condition: Any, root: Any, instance: Any) -> bool:
@@ -269,8 +296,9 @@ def _satisfies(condition: Any, root: Any, instance: Any) -> bool:
 def _choose_branch(
     branches: Sequence[Any], root: Any, instance: Any, seen: frozenset[int]
 ) -> list[dict[str, Any]] | None:
-    """The expanded parts of the branch that fits ``instance`` best: type
-    compatible first; for objects, then one whose properties cover the keys with
+    """The expanded parts of the branch that fits ``instance`` best: one that
+    ``instance`` validates against (python-jsonschema) first, then type
+    compatible; for objects, then one whose properties cover the keys with
     its required keys present and its const/enum properties matching; then the
     largest overlap; ties go to the first branch."""
     names = _json_type_names(instance)
@@ -279,6 +307,7 @@ def _choose_branch(
         parts = _parts(branch, root, instance, seen)
         if not parts:
             continue
+        valid = _satisfies(branch, root, instance)
         type_ok = all(_type_allows(p.get("type"), names) for p in parts if "type" in p)
         score: tuple[Any, ...]
         if isinstance(instance, dict):
@@ -297,10 +326,10 @@ def _choose_branch(
             covers = keys <= set(props)
             consts_ok = all(_const_ok(v, instance[k]) for k in keys & set(props) for v in props[k])
             fits = covers and required <= keys and consts_ok
-            score = (type_ok, fits, consts_ok, covers or not closed, len(keys & set(props)), -index)
+            score = (valid, type_ok, fits, consts_ok, covers or not closed, len(keys & set(props)), -index)
         else:
             consts_ok = all(_const_ok(p, instance) for p in parts)
-            score = (type_ok, consts_ok, -index)
+            score = (valid, type_ok, consts_ok, -index)
         if best is None or score > best[0]:
             best = (score, parts)
     return None if best is None else best[1]
@@ -377,8 +406,10 @@ def _reorder(instance: Any, schema: Any, root: Any, depth: int) -> Any:
     if depth > _MAX_DEPTH or not isinstance(instance, (dict, list)):
         return instance
     parts = _parts(schema, root, instance)
+    ignored = _ignored_keywords(root)
     for p in parts:  # a const/enum value is written as the schema gives it: take its key order
-        candidates = [p["const"]] if "const" in p else p["enum"] if isinstance(p.get("enum"), list) else []
+        has_const = "const" in p and "const" not in ignored
+        candidates = [p["const"]] if has_const else p["enum"] if isinstance(p.get("enum"), list) else []
         for candidate in candidates:
             if _json_equal(candidate, instance):
                 return _order_like(instance, candidate)
@@ -387,7 +418,7 @@ def _reorder(instance: Any, schema: Any, root: Any, depth: int) -> Any:
         rest: list[Any] = []
         for p in parts:
             items = p.get("items")
-            if isinstance(p.get("prefixItems"), list):
+            if isinstance(p.get("prefixItems"), list) and "prefixItems" not in ignored:
                 for i, s in enumerate(p["prefixItems"]):
                     prefix[i].append(s)
                 if isinstance(items, dict):
@@ -404,8 +435,12 @@ def _reorder(instance: Any, schema: Any, root: Any, depth: int) -> Any:
             subs = prefix.get(i, rest)
             out_list.append(_reorder_with(value, subs, root, depth + 1))
         return out_list
+    # the compiler's order: listed properties, then required names not listed, then the
+    # names dependentRequired mentions (sorted), then other keys (here in their own order)
     order: list[str] = []
     props: dict[str, list[Any]] = defaultdict(list)
+    required: list[str] = []
+    dependent: set[str] = set()
     patterns: list[tuple[Any, Any]] = []
     additional: list[Any] = []
     for p in parts:
@@ -414,11 +449,21 @@ def _reorder(instance: Any, schema: Any, root: Any, depth: int) -> Any:
                 if k not in props:
                     order.append(k)
                 props[k].append(v)
+        if isinstance(p.get("required"), list):
+            required.extend(r for r in p["required"] if isinstance(r, str))
+        for key in ("dependentRequired", "dependencies"):
+            entries = p.get(key)
+            if isinstance(entries, dict) and key not in ignored:
+                for name, names in entries.items():
+                    if isinstance(names, list) and set(names) - {name}:
+                        dependent.update({name, *(n for n in names if isinstance(n, str))})
         if isinstance(p.get("patternProperties"), dict):
             patterns.extend(p["patternProperties"].items())
         if isinstance(p.get("additionalProperties"), dict):
             additional.append(p["additionalProperties"])
-    keys = [k for k in order if k in instance] + [k for k in instance if k not in props]
+    order += [r for r in dict.fromkeys(required) if r not in props]
+    order += [d for d in sorted(dependent) if d not in order]
+    keys = list(dict.fromkeys([k for k in order if k in instance] + list(instance)))
     out: dict[str, Any] = {}
     for k in keys:
         subs = props.get(k) or [s for pat, s in patterns if _pattern_matches(pat, k)] or additional

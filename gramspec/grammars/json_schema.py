@@ -210,6 +210,89 @@ def _load(schema: object) -> Any:
     return schema
 
 
+# Keywords that python-jsonschema applies only from (_SINCE) or up to (_UNTIL) a draft; in
+# other drafts they are unknown keywords, i.e. annotations (draft 3 is left as it is).
+# ``dependencies`` (draft 7 and before) is applied in every draft, a documented restriction:
+# schemas without $schema (read as 2020-12) use it as draft 7 does.
+_DRAFTS = {
+    jsonschema.Draft4Validator: 4, jsonschema.Draft6Validator: 6, jsonschema.Draft7Validator: 7,
+    jsonschema.Draft201909Validator: 2019, jsonschema.Draft202012Validator: 2020,
+}
+_SINCE = {
+    "const": 6, "contains": 6, "propertyNames": 6, "if": 7, "then": 7, "else": 7,
+    "dependentRequired": 2019, "dependentSchemas": 2019, "unevaluatedProperties": 2019,
+    "unevaluatedItems": 2019, "minContains": 2019, "maxContains": 2019, "$recursiveRef": 2019,
+    "prefixItems": 2020, "$dynamicRef": 2020,
+}  # fmt: skip
+_UNTIL = {"$recursiveRef": 2019}
+# where a keyword holds subschemas: a map of them, a list of them, or one
+_SCHEMA_MAPS = frozenset({"properties", "patternProperties", "definitions", "$defs", "dependentSchemas", "dependencies"})
+_SCHEMA_LISTS = frozenset({"allOf", "anyOf", "oneOf", "prefixItems", "items"})
+_SCHEMA_ONE = frozenset(
+    {"items", "additionalItems", "additionalProperties", "unevaluatedItems", "unevaluatedProperties", "contains",
+     "propertyNames", "not", "if", "then", "else", "contentSchema"}
+)  # fmt: skip
+
+
+def draft_ignored_keywords(root: Any) -> frozenset[str]:
+    """The keywords (of those that vary between drafts) that the draft of ``root`` (its
+    ``$schema``, else Draft 2020-12, as python-jsonschema picks it) does not apply: e.g.
+    ``if``/``then``/``else`` and ``const`` in draft 4, ``prefixItems`` before 2020-12."""
+    cls = jsonschema.validators.validator_for(root, default=jsonschema.Draft202012Validator) if isinstance(root, dict) else jsonschema.Draft202012Validator
+    draft = _DRAFTS.get(cls)
+    if draft is None:
+        return frozenset()
+    return frozenset({k for k, v in _SINCE.items() if draft < v} | {k for k, v in _UNTIL.items() if draft > v})
+
+
+class _DraftView:
+    """Schemas with the keywords their draft does not apply left out (copies, one per source
+    dict, so that sharing and recursion are kept); other schemas are returned as they are."""
+
+    def __init__(self, root: Any) -> None:
+        self.ignored = draft_ignored_keywords(root)
+        if self.ignored and not _has_any_key(root, self.ignored):
+            self.ignored = frozenset()
+        self.copies: dict[int, dict[str, Any]] = {}
+        self.keep_alive: list[Any] = []
+
+    def schema(self, node: Any) -> Any:
+        if not self.ignored or not isinstance(node, dict):
+            return node
+        found = self.copies.get(id(node))
+        if found is not None:
+            return found
+        out: dict[str, Any] = {}
+        self.copies[id(node)] = out
+        self.keep_alive.append(node)
+        for key, value in node.items():
+            if key in self.ignored:
+                continue
+            if key in _SCHEMA_MAPS and isinstance(value, dict):
+                value = {k: v if isinstance(v, list) else self.schema(v) for k, v in value.items()}
+            elif key in _SCHEMA_LISTS and isinstance(value, list):
+                value = [self.schema(v) for v in value]
+            elif key in _SCHEMA_ONE:
+                value = self.schema(value)
+            out[key] = value
+        return out
+
+
+def _has_any_key(node: Any, keys: frozenset[str]) -> bool:
+    stack, seen = [node], set()
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (dict, list)) and id(node) not in seen:
+            seen.add(id(node))
+            if isinstance(node, dict):
+                if not keys.isdisjoint(node):
+                    return True
+                stack.extend(node.values())
+            else:
+                stack.extend(node)
+    return False
+
+
 def _check_against_metaschema(root: Any) -> None:
     """Malformed schemas (a keyword with a value of the wrong kind) fail here, with the pointer."""
     if isinstance(root, dict) and "$schema" in root and not isinstance(root["$schema"], str):
@@ -249,7 +332,11 @@ class _Compiler:
         self, root: Any, *, whitespace: Whitespace, strict: bool, max_whitespace: int, max_seconds: float,
         forbid_unlisted_keys: bool = False,
     ) -> None:
-        self.root = root
+        # keywords the schema's draft does not apply are left out of what is compiled; $ref
+        # pointers are followed in the schema as written (they may pass through such keywords)
+        self.source_root = root
+        self.draft_view = _DraftView(root)
+        self.root = self.draft_view.schema(root)
         self.forbid_unlisted_keys = forbid_unlisted_keys
         self.max_seconds = max_seconds
         self.deadline = time.monotonic() + max_seconds
@@ -330,13 +417,13 @@ class _Compiler:
     def resolve(self, ref: str, pointer: str) -> tuple[Any, str]:
         if not ref.startswith("#"):
             raise UnsupportedSchemaError(f"remote reference {ref!r} is not supported", pointer=pointer + "/$ref")
-        node: Any = self.root
+        node: Any = self.source_root
         path = ref[1:]
         if path and not path.startswith("/"):
-            found = _find_anchor(self.root, path)
+            found = _find_anchor(self.source_root, path)
             if found is None:
                 raise SchemaError(f"reference {ref!r} names no anchor in the schema", pointer=pointer + "/$ref")
-            return found, ref
+            return self.draft_view.schema(found), ref
         for raw in path.split("/")[1:] if path else []:
             part = raw.replace("~1", "/").replace("~0", "~")
             part = re.sub(r"%([0-9A-Fa-f]{2})", lambda m: chr(int(m.group(1), 16)), part)
@@ -346,7 +433,7 @@ class _Compiler:
                 node = node[int(part)]
             else:
                 raise SchemaError(f"reference {ref!r} points nowhere", pointer=pointer + "/$ref")
-        return node, ref
+        return self.draft_view.schema(node), ref
 
     # -- values -------------------------------------------------------------------------
 
