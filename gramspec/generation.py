@@ -153,7 +153,7 @@ def generate(
         plugins.append(Temperature(temperature))
     if compiled is not None and aligned is None:
         plugins.append(GrammarMask(compiled))
-    elif compiled is not None:
+    elif compiled is not None and kind is not None:
         store = aligned_store if aligned_store is not None else AlignedStore()
         # tries are shared only by the same model, constraint and sampling settings (and prompt)
         key = (id(model), kind, json.dumps(given[kind], sort_keys=True, default=repr),

@@ -706,7 +706,7 @@ class _Compiler:
                 matched = [sub for pat, sub in (s.get("patternProperties") or {}).items() if re.search(pat, name)]
                 parts.extend([props[name]] if name in props else matched or [rest(i)])
             properties[name] = self.merge(parts, f"{pointer}/properties/{_pointer_escape(name)}", container=False)
-        patterns = {}
+        patterns: dict[str, Any] = {}
         for i, s in enumerate(flat):
             for pat, sub in (s.get("patternProperties") or {}).items():
                 parts = [sub, *(rest(j) for j in range(len(flat)) if j != i)]
@@ -1143,7 +1143,8 @@ class _Compiler:
                 dfa = difference(dfa, json_string_dfa(("|".join(f"(?:{e})" for e in excluded),)))
             return dfa
 
-        usable = [p for p in patterns if full[p] is not None]
+        found = {p: f for p, f in full.items() if f is not None}
+        usable = list(found)
         # a key matching several patterns must match all their schemas: one key language per
         # combination of patterns (up to 4 patterns; beyond, keys matching two are left out)
         width = len(usable) if len(usable) <= 4 else 1
@@ -1152,12 +1153,12 @@ class _Compiler:
                 subs = [patterns[p] for p in group]
                 if any(sub is False for sub in subs):
                     continue
-                others = [full[p] for p in usable if p not in group]
-                dfa = keys_except(tuple(full[p] for p in group), [*others, *names_regex])  # type: ignore[list-item]
+                others = [found[p] for p in usable if p not in group]
+                dfa = keys_except(tuple(found[p] for p in group), [*others, *names_regex])
                 where = f"{pointer}/patternProperties/{_pointer_escape(group[0])}"
                 alternatives.append((dfa, subs[0] if size == 1 else self.merge(subs, where, container=False), where))
         if additional is not False:
-            dfa = keys_except((), [*(f for f in full.values() if f), *names_regex])
+            dfa = keys_except((), [*found.values(), *names_regex])
             alternatives.append((dfa, additional, f"{pointer}/additionalProperties"))
         if not alternatives:
             return None
@@ -1652,7 +1653,7 @@ def _digit_class(lo: int, hi: int) -> str:
     return str(lo) if lo == hi else f"[{lo}-{hi}]"
 
 
-def _frac_above(digits: str, strict: bool) -> str | None:
+def _frac_above(digits: str, strict: bool) -> str:
     """Fraction parts (with the dot, maybe absent) f with 0.f >= 0.digits (> if strict)."""
     larger = [digits[:k] + _digit_class(int(d) + 1, 9) + r"\d*" for k, d in enumerate(digits) if d != "9"]
     if not strict:

@@ -23,6 +23,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import interegular
 import numpy as np
@@ -216,8 +217,8 @@ IntervalMap = list[tuple[int, int, int]]  # sorted, disjoint (lo, hi, target) co
 def _fsm_interval_maps(fsm: interegular.FSM) -> tuple[list[IntervalMap], int, set[int]]:
     """interegular's character FSM as per-state interval maps over code points."""
     mapping = fsm.alphabet._symbol_mapping
-    explicit: list[tuple[int, int]] = sorted(
-        (ord(sym), cls) for sym, cls in mapping.items() if sym is not anything_else and len(sym) == 1
+    explicit: list[tuple[int, Any]] = sorted(
+        (ord(sym), cls) for sym, cls in mapping.items() if isinstance(sym, str) and len(sym) == 1
     )
     other_class = mapping.get(anything_else)
     explicit_cps = [cp for cp, _ in explicit]
@@ -587,7 +588,7 @@ def _product(
             bool(accept(sa >= 0 and bool(a.accepting[sa]), sb >= 0 and bool(b.accepting[sb])))  # type: ignore[operator]
             for sa, sb in order
         ],
-        dtype=bool,
+        dtype=np.bool_,
     )
     return _trim(np.stack(rows), accepting, start=0)
 

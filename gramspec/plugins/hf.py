@@ -143,7 +143,7 @@ class GrammarConstraintLogitsProcessor(LogitsProcessor):
             if state is None:
                 state = states[key] = self._derive(key, children)
             if isinstance(state, Matcher) and not state.is_terminated():
-                if argmax is not None:
+                if argmax is not None and finite is not None:
                     token = argmax[row]
                     if finite[row] and token < self.grammar.vocab.size and state.is_allowed(token):
                         # the greedy choice of the full-mask path: the overall argmax is allowed
