@@ -406,6 +406,11 @@ SCHEMA_ERRORS = [
     ({"properties": {"a": {"minLength": -1}}, "type": "object"}, SchemaError, "/properties/a/minLength"),
     ({"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}, SchemaError, "/properties/a/$ref"),
     ({"$ref": "https://example.com/other.json"}, UnsupportedSchemaError, "at /$ref"),
+    # "#/$defs/x" inside a subschema with its own $id means that resource's $defs, not the root's
+    ({"$defs": {"x": {"type": "string"}}, "properties": {"a": {"$id": "http://example.com/inner.json",
+      "$defs": {"x": {"type": "integer"}}, "$ref": "#/$defs/x"}}}, UnsupportedSchemaError, "/properties/a/$ref"),
+    ({"$schema": "http://json-schema.org/draft-04/schema#", "definitions": {"x": {"type": "string"}},
+      "items": {"id": "inner.json", "properties": {"b": {"$ref": "#/definitions/x"}}}}, UnsupportedSchemaError, "/items/properties/b/$ref"),
     ({"type": "array", "items": {"type": "string"}, "uniqueItems": True}, UnsupportedSchemaError, "at /uniqueItems"),
     ({"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 40}, "uniqueItems": True}, UnsupportedSchemaError, "41 distinct item values"),
     ({"type": "array", "items": {"type": "integer", "minimum": 0}, "uniqueItems": True}, UnsupportedSchemaError, "at /uniqueItems"),

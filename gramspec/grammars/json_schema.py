@@ -183,6 +183,7 @@ def json_schema_spec(
         raise ValueError(f"unlisted_keys must be 'schema' or 'forbid', not {unlisted_keys!r}")
     root = _load(schema)
     _check_against_metaschema(root)
+    _check_no_ref_in_embedded_resource(root)
     compiler = _Compiler(
         root, whitespace=whitespace, strict=strict, max_whitespace=max_whitespace, max_seconds=max_seconds,
         forbid_unlisted_keys=unlisted_keys == "forbid",
@@ -276,6 +277,41 @@ class _DraftView:
                 value = self.schema(value)
             out[key] = value
         return out
+
+
+_DATA_KEYWORDS = frozenset({"enum", "const", "default", "examples", "example"})
+
+
+def _check_no_ref_in_embedded_resource(root: Any) -> None:
+    """UnsupportedSchemaError for a ``$ref`` inside an embedded resource (a subschema with
+    its own base URI, ``$id``, or ``id`` in draft 4): references there resolve against that
+    base URI, which the compiler does not track (it resolves against the document root)."""
+    draft = str(root.get("$schema", "")) if isinstance(root, dict) else ""
+    id_keys = ("$id", "id") if any(d in draft for d in ("draft-03", "draft-04")) else ("$id",)
+
+    def declares_resource(node: dict[str, Any]) -> bool:
+        return any(isinstance(node.get(k), str) and not node[k].startswith("#") for k in id_keys)
+
+    stack: list[tuple[Any, str, bool]] = [(root, "", False)]
+    seen: set[int] = set()
+    while stack:
+        node, pointer, inside = stack.pop()
+        if not isinstance(node, (dict, list)) or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, list):
+            stack.extend((item, f"{pointer}/{i}", inside) for i, item in enumerate(node))
+            continue
+        inside = inside or (bool(pointer) and declares_resource(node))
+        if inside and isinstance(node.get("$ref"), str):
+            raise UnsupportedSchemaError(
+                "keyword '$ref' inside an embedded resource (a subschema with its own $id) is not supported: "
+                "it would resolve against that resource's base URI",
+                pointer=pointer + "/$ref",
+            )
+        stack.extend(
+            (value, f"{pointer}/{_pointer_escape(key)}", inside) for key, value in node.items() if key not in _DATA_KEYWORDS
+        )
 
 
 def _has_any_key(node: Any, keys: frozenset[str]) -> bool:
