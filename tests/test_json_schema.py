@@ -320,6 +320,47 @@ SCHEMAS: list[tuple[dict[str, Any], list[Any], list[Any]]] = [
         [{"c": 1}, {"a": 1, "c": 1, "x": "s"}, {"c": "x", "x1": "s", "b": None}],
         [{"a": 1}, {"a": "1", "c": 1}, {"c": 1, "x": 1}],
     ),
+    # $ref resolves against the base URI ($id; id in draft 4) of the schema holding it:
+    # "#/$defs/x" inside a subschema with its own $id means that resource's $defs, not the root's
+    (
+        {"$defs": {"x": {"type": "string"}}, "properties": {"a": {"$id": "http://example.com/inner.json",
+         "$defs": {"x": {"type": "integer"}}, "$ref": "#/$defs/x"}}},
+        [{}, {"a": 1}],
+        [{"a": "s"}],
+    ),
+    (
+        {"$schema": "http://json-schema.org/draft-04/schema#", "definitions": {"x": {"type": "string"}},
+         "items": {"id": "http://example.com/inner.json", "definitions": {"x": {"type": "integer"}},
+                   "properties": {"b": {"$ref": "#/definitions/x"}}}},
+        [[], [{"b": 1}]],
+        [[{"b": "s"}]],
+    ),
+    (  # relative $ids and a $ref by URI to a sibling resource, and back to the root by its URI
+        {"$id": "http://example.com/root.json", "properties": {
+            "a": {"$id": "a/", "$defs": {"n": {"$id": "n.json", "type": "integer"}}, "$ref": "n.json"},
+            "b": {"$ref": "a/n.json"}, "c": {"$ref": "http://example.com/a/n.json"},
+            "d": {"$ref": "root.json#/$defs/s"}}, "$defs": {"s": {"type": "string"}}},
+        [{"a": 1, "b": 2, "c": 3, "d": "x"}],
+        [{"a": "1"}, {"b": "2"}, {"c": "3"}, {"d": 4}],
+    ),
+    (  # the same $anchor in two resources, and a URN base
+        {"$id": "urn:uuid:deadbeef-1234-ffff-ffff-4321feebdaed", "$defs": {
+            "A": {"$anchor": "x", "type": "integer"},
+            "B": {"$id": "urn:example:b", "$defs": {"y": {"$anchor": "x", "type": "string"}}, "$ref": "#x"}},
+         "properties": {"a": {"$ref": "#x"}, "b": {"$ref": "urn:example:b"},
+                        "c": {"$ref": "urn:uuid:deadbeef-1234-ffff-ffff-4321feebdaed#/$defs/A"}}},
+        [{"a": 1, "b": "s", "c": 2}],
+        [{"a": "1"}, {"b": 2}, {"c": "x"}],
+    ),
+    (  # draft 7: an $id beside $ref is ignored, so the $ref resolves against the parent's base
+        {"$schema": "http://json-schema.org/draft-07/schema#", "$id": "http://example.com/r.json",
+         "definitions": {"x": {"type": "integer"}}, "properties": {
+             "a": {"$id": "http://example.com/other/", "$ref": "#/definitions/x"},
+             "b": {"$id": "http://example.com/inner.json", "definitions": {"x": {"type": "string"}},
+                   "properties": {"c": {"$ref": "#/definitions/x"}}}}},
+        [{"a": 1, "b": {"c": "s"}}],
+        [{"a": "1"}, {"b": {"c": 1}}],
+    ),
 ]
 
 
@@ -406,11 +447,11 @@ SCHEMA_ERRORS = [
     ({"properties": {"a": {"minLength": -1}}, "type": "object"}, SchemaError, "/properties/a/minLength"),
     ({"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}, SchemaError, "/properties/a/$ref"),
     ({"$ref": "https://example.com/other.json"}, UnsupportedSchemaError, "at /$ref"),
-    # "#/$defs/x" inside a subschema with its own $id means that resource's $defs, not the root's
+    # a relative $ref inside an embedded resource resolves against its $id: still remote
     ({"$defs": {"x": {"type": "string"}}, "properties": {"a": {"$id": "http://example.com/inner.json",
-      "$defs": {"x": {"type": "integer"}}, "$ref": "#/$defs/x"}}}, UnsupportedSchemaError, "/properties/a/$ref"),
-    ({"$schema": "http://json-schema.org/draft-04/schema#", "definitions": {"x": {"type": "string"}},
-      "items": {"id": "inner.json", "properties": {"b": {"$ref": "#/definitions/x"}}}}, UnsupportedSchemaError, "/items/properties/b/$ref"),
+      "$ref": "x.json"}}}, UnsupportedSchemaError, "http://example.com/x.json"),
+    ({"$id": "http://example.com/root.json", "$defs": {"x": {"$id": "x.json", "type": "string"}},
+      "properties": {"a": {"$ref": "other.json#/$defs/x"}}}, UnsupportedSchemaError, "/properties/a/$ref"),
     ({"type": "array", "items": {"type": "string"}, "uniqueItems": True}, UnsupportedSchemaError, "at /uniqueItems"),
     ({"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 40}, "uniqueItems": True}, UnsupportedSchemaError, "41 distinct item values"),
     ({"type": "array", "items": {"type": "integer", "minimum": 0}, "uniqueItems": True}, UnsupportedSchemaError, "at /uniqueItems"),

@@ -31,6 +31,7 @@ import json
 import math
 import re
 import time
+import urllib.parse
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -38,6 +39,9 @@ from typing import Any, Literal
 
 import jsonschema
 import jsonschema.exceptions
+import referencing
+import referencing.exceptions
+import referencing.jsonschema
 
 from gramspec.errors import GrammarError, LimitError, SchemaError, UnsupportedSchemaError
 from gramspec.grammars.builder import GrammarBuilder, Symbol
@@ -183,7 +187,6 @@ def json_schema_spec(
         raise ValueError(f"unlisted_keys must be 'schema' or 'forbid', not {unlisted_keys!r}")
     root = _load(schema)
     _check_against_metaschema(root)
-    _check_no_ref_in_embedded_resource(root)
     compiler = _Compiler(
         root, whitespace=whitespace, strict=strict, max_whitespace=max_whitespace, max_seconds=max_seconds,
         forbid_unlisted_keys=unlisted_keys == "forbid",
@@ -279,39 +282,89 @@ class _DraftView:
         return out
 
 
-_DATA_KEYWORDS = frozenset({"enum", "const", "default", "examples", "example"})
+class _CopySources:
+    """The source dict of each draft view copy, by the copy's id (the copies are made lazily)."""
+
+    def __init__(self, view: _DraftView) -> None:
+        self.view = view
+        self.by_copy: dict[int, Any] = {}
+        self.seen = 0
+
+    def get(self, key: int, default: Any) -> Any:
+        if len(self.view.keep_alive) != self.seen:
+            for source in self.view.keep_alive[self.seen:]:
+                self.by_copy[id(self.view.copies[id(source)])] = source
+            self.seen = len(self.view.keep_alive)
+        return self.by_copy.get(key, default)
 
 
-def _check_no_ref_in_embedded_resource(root: Any) -> None:
-    """UnsupportedSchemaError for a ``$ref`` inside an embedded resource (a subschema with
-    its own base URI, ``$id``, or ``id`` in draft 4): references there resolve against that
-    base URI, which the compiler does not track (it resolves against the document root)."""
-    draft = str(root.get("$schema", "")) if isinstance(root, dict) else ""
-    id_keys = ("$id", "id") if any(d in draft for d in ("draft-03", "draft-04")) else ("$id",)
+class _RefIndex:
+    """Where each ``$ref`` leads, as python-jsonschema (the ``referencing`` library) resolves
+    it: against the base URI of the schema that holds it (``$id``, ``id`` in draft 4, joined
+    onto the enclosing base), within this document only (other targets are remote)."""
 
-    def declares_resource(node: dict[str, Any]) -> bool:
-        return any(isinstance(node.get(k), str) and not node[k].startswith("#") for k in id_keys)
+    def __init__(self, root: Any) -> None:
+        cls = jsonschema.validators.validator_for(root, default=jsonschema.Draft202012Validator) if isinstance(root, dict) else jsonschema.Draft202012Validator
+        self.spec = referencing.jsonschema.specification_with(cls.ID_OF(cls.META_SCHEMA), default=referencing.jsonschema.DRAFT202012)
+        resource = self.spec.create_resource(root)
+        self.root_base = resource.id() or ""
+        self.malformed = False  # a keyword of the wrong kind (where the metaschema check was skipped)
+        self.registry = referencing.Registry().with_resource(self.root_base, resource)
+        try:
+            self.registry = self.registry.crawl()
+        except (AttributeError, TypeError):
+            self.malformed = True
+        # the base URI of each schema dict, by where it stands (None: two bases, unknown)
+        self.bases: dict[int, str | None] = {}
+        self.keep_alive: list[Any] = []
+        stack: list[tuple[Any, str]] = [(root, "")]
+        while stack:
+            node, base = stack.pop()
+            if not isinstance(node, dict):
+                continue
+            declared = self.spec.id_of(node)
+            if declared is not None:
+                base = urllib.parse.urljoin(base, declared)
+            if id(node) in self.bases:
+                if self.bases[id(node)] != base:
+                    self.bases[id(node)] = None
+                continue
+            self.bases[id(node)] = base
+            self.keep_alive.append(node)
+            try:
+                stack.extend((sub, base) for sub in self.spec.subresources_of(node))
+            except (AttributeError, TypeError):
+                self.malformed = True
+        # one base everywhere: a schema that is not in the index (a merge) has it too
+        self.single_base = len(set(self.bases.values())) <= 1 and None not in self.bases.values() and not self.malformed
+        self.cache: dict[tuple[str, str], Any] = {}
 
-    stack: list[tuple[Any, str, bool]] = [(root, "", False)]
-    seen: set[int] = set()
-    while stack:
-        node, pointer, inside = stack.pop()
-        if not isinstance(node, (dict, list)) or id(node) in seen:
-            continue
-        seen.add(id(node))
-        if isinstance(node, list):
-            stack.extend((item, f"{pointer}/{i}", inside) for i, item in enumerate(node))
-            continue
-        inside = inside or (bool(pointer) and declares_resource(node))
-        if inside and isinstance(node.get("$ref"), str):
+    def base_of(self, source: Any) -> str | None:
+        if self.malformed:
+            return None
+        if self.single_base:
+            return self.root_base
+        return self.bases.get(id(source)) if isinstance(source, dict) else None
+
+    def lookup(self, ref: str, base: str, pointer: str) -> Any:
+        key = (base, ref)
+        if key in self.cache:
+            return self.cache[key]
+        where = pointer + "/$ref"
+        try:
+            found = self.registry.resolver(base_uri=base).lookup(ref).contents
+        except referencing.exceptions.PointerToNowhere:
+            raise SchemaError(f"reference {ref!r} points nowhere", pointer=where) from None
+        except (referencing.exceptions.NoSuchAnchor, referencing.exceptions.InvalidAnchor):
+            raise SchemaError(f"reference {ref!r} names no anchor in the schema", pointer=where) from None
+        except referencing.exceptions.Unresolvable:
+            target = urllib.parse.urljoin(base, ref)
             raise UnsupportedSchemaError(
-                "keyword '$ref' inside an embedded resource (a subschema with its own $id) is not supported: "
-                "it would resolve against that resource's base URI",
-                pointer=pointer + "/$ref",
-            )
-        stack.extend(
-            (value, f"{pointer}/{_pointer_escape(key)}", inside) for key, value in node.items() if key not in _DATA_KEYWORDS
-        )
+                f"remote reference {ref!r} (to {target!r}) is not supported: it leads outside the schema",
+                pointer=where,
+            ) from None
+        self.cache[key] = found
+        return found
 
 
 def _has_any_key(node: Any, keys: frozenset[str]) -> bool:
@@ -373,6 +426,8 @@ class _Compiler:
         self.source_root = root
         self.draft_view = _DraftView(root)
         self.root = self.draft_view.schema(root)
+        self._refs: _RefIndex | None = None  # built at the first $ref
+        self.sources = _CopySources(self.draft_view)
         self.forbid_unlisted_keys = forbid_unlisted_keys
         self.max_seconds = max_seconds
         self.deadline = time.monotonic() + max_seconds
@@ -389,8 +444,8 @@ class _Compiler:
         draft = str(root.get("$schema", "")) if isinstance(root, dict) else ""
         self.ref_siblings_ignored = any(d in draft for d in ("draft-04", "draft-06", "draft-07", "draft-03"))
 
-        def resolve_ref(ref: str) -> Any:  # for negations; they read ignores_siblings too
-            return self.resolve(ref, "")[0]
+        def resolve_ref(ref: str, holder: Any = None) -> Any:  # for negations; they read ignores_siblings too
+            return self.resolve(ref, "", holder)[0]
 
         resolve_ref.ignores_siblings = self.ref_siblings_ignored  # type: ignore[attr-defined]
         self.resolve_ref = resolve_ref
@@ -450,25 +505,21 @@ class _Compiler:
 
     # -- references ------------------------------------------------------------------
 
-    def resolve(self, ref: str, pointer: str) -> tuple[Any, str]:
-        if not ref.startswith("#"):
-            raise UnsupportedSchemaError(f"remote reference {ref!r} is not supported", pointer=pointer + "/$ref")
-        node: Any = self.source_root
-        path = ref[1:]
-        if path and not path.startswith("/"):
-            found = _find_anchor(self.source_root, path)
-            if found is None:
-                raise SchemaError(f"reference {ref!r} names no anchor in the schema", pointer=pointer + "/$ref")
-            return self.draft_view.schema(found), ref
-        for raw in path.split("/")[1:] if path else []:
-            part = raw.replace("~1", "/").replace("~0", "~")
-            part = re.sub(r"%([0-9A-Fa-f]{2})", lambda m: chr(int(m.group(1), 16)), part)
-            if isinstance(node, dict) and part in node:
-                node = node[part]
-            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-                node = node[int(part)]
-            else:
-                raise SchemaError(f"reference {ref!r} points nowhere", pointer=pointer + "/$ref")
+    def resolve(self, ref: str, pointer: str, holder: Any = None) -> tuple[Any, str]:
+        """The target of ``ref``, held by the schema ``holder`` (a source schema or its draft
+        view copy): references resolve against its base URI, so a holder whose base is not
+        known for sure (a merge of schemas from several resources) is an error, never a guess."""
+        if self._refs is None:
+            self._refs = _RefIndex(self.source_root)
+        source = self.sources.get(id(holder), holder)
+        base = self._refs.base_of(source)
+        if base is None:
+            raise UnsupportedSchemaError(
+                f"reference {ref!r} cannot be resolved exactly: the base URI of the schema holding it is not "
+                "known for sure (it was combined from schemas with different base URIs ($id), or the schema is malformed)",
+                pointer=pointer + "/$ref",
+            )
+        node = self._refs.lookup(ref, base, pointer)
         return self.draft_view.schema(node), ref
 
     # -- values -------------------------------------------------------------------------
@@ -501,7 +552,7 @@ class _Compiler:
             yield from self.alternatives(self.expand_dependent_schemas(schema, pointer), pointer)
             return
         if "$ref" in schema:
-            target, _ = self.resolve(schema["$ref"], pointer)
+            target, _ = self.resolve(schema["$ref"], pointer, schema)
             rest = self.without(schema, "$ref")
             if self.ref_siblings_ignored or not _constraining(rest):
                 yield self.value(target, pointer + "/$ref")
@@ -698,7 +749,7 @@ class _Compiler:
         """``schema`` with top-level ``$ref``/``allOf`` merged in and draft-7 tuple items renamed."""
         for _ in range(32):  # follow $ref chains
             if isinstance(schema, dict) and "$ref" in schema:
-                target, _ = self.resolve(schema["$ref"], pointer)
+                target, _ = self.resolve(schema["$ref"], pointer, schema)
                 rest = self.without(schema, "$ref")
                 schema = self.merge([rest, target], pointer) if _constraining(rest) and not self.ref_siblings_ignored else target
             else:
@@ -1739,7 +1790,7 @@ def _pairwise_disjoint(branches: list[Any], compiler: _Compiler) -> bool:
     for branch in branches:
         for _ in range(16):
             if isinstance(branch, dict) and "$ref" in branch:
-                branch, _ = compiler.resolve(branch["$ref"], "")
+                branch, _ = compiler.resolve(branch["$ref"], "", branch)
             else:
                 break
         signatures.append(_signature(branch))
@@ -1877,7 +1928,7 @@ def _negate(schema: Any, resolve: Any = None, depth: int = 0) -> Any:
         if resolve is None:
             return None
         rest = {k: v for k, v in schema.items() if k != "$ref" and not getattr(resolve, "ignores_siblings", False)}
-        return _negate({"allOf": [resolve(schema["$ref"]), rest]}, resolve, depth + 1)
+        return _negate({"allOf": [resolve(schema["$ref"], schema), rest]}, resolve, depth + 1)
     parts: list[Any] = []
     handled: set[str] = set()
     object_group = keys & {"properties", "patternProperties", "additionalProperties"}
@@ -1979,22 +2030,6 @@ def _name_filter_dfa(name_filter: Any, compiler: _Compiler, pointer: str) -> Byt
     return json_string_dfa(
         tuple(patterns), min_length=int(name_filter.get("minLength", 0)), max_length=name_filter.get("maxLength")
     )
-
-
-def _find_anchor(node: Any, name: str) -> Any:
-    if isinstance(node, dict):
-        if node.get("$anchor") == name or node.get("$id") == "#" + name or node.get("id") == "#" + name:
-            return node
-        for value in node.values():
-            found = _find_anchor(value, name)
-            if found is not None:
-                return found
-    elif isinstance(node, list):
-        for value in node:
-            found = _find_anchor(value, name)
-            if found is not None:
-                return found
-    return None
 
 
 def _merge_two(a: dict[str, Any], b: dict[str, Any], compiler: _Compiler, pointer: str) -> Any:
