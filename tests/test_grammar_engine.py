@@ -15,6 +15,7 @@ import random
 import re
 import threading
 from collections import deque
+from typing import Any
 
 import lark
 import numpy as np
@@ -233,6 +234,67 @@ def test_masks_match_brute_force_on_adversarial_vocabulary() -> None:
         expected = brute_force_mask(ref, ref.walk(ref.initial_state, data))  # type: ignore[arg-type]
         wrong = np.flatnonzero(unpack_mask(grammar.mask(state), vocab.size) != expected)
         assert wrong.size == 0, (data, [(int(i), vocab.token_bytes[i], bool(expected[i])) for i in wrong[:10]])
+
+
+COUNTED_CASES = {
+    # a counted string (rows built on demand) far from and near both bounds
+    "length": ({"type": "string", "minLength": 12, "maxLength": 90}, '"' + "ab\u00e9c\\\"d" * 14 + 'x"'),
+    # a bounded repetition (a materialized chain: Moore refinement)
+    "pattern": ({"type": "object", "properties": {"s": {"type": "string", "pattern": "^[a-z]{2,60}$"}}, "required": ["s"]},
+                '{"s":"' + "abcdefghij" * 5 + 'abc"}'),
+    # a pattern intersected with a length (a product of both)
+    "both": ({"type": "string", "pattern": "^a", "maxLength": 60}, '"a' + "b1 " * 19 + '"'),
+}
+
+
+def _counted_vocabulary() -> Vocabulary:
+    rng = random.Random(3)
+    alphabet = [b"a", b"b", b"c", b"1", b" ", b'"', b"\\", b"\xc3", b"\xa9", b"{", b"}", b":", b","]
+    tokens = [bytes([b]) for b in range(256)]
+    tokens += [b"".join(rng.choices(alphabet, k=rng.randint(2, 8))) for _ in range(500)]
+    tokens += [b"abcdefgh", b"ijabcdef", b'bc"}', b"ab\xc3\xa9c"]
+    return Vocabulary.from_token_bytes(tokens + [b""], eos_token_ids=[len(tokens)])
+
+
+@pytest.mark.parametrize("name", sorted(COUNTED_CASES))
+def test_masks_of_counted_strings_match_brute_force_at_every_position(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lexer states no token tells apart share masks (the characters of a
+    string with maxLength far from its bounds): at every byte of a long
+    string, near and far from the bounds, the shared masks are exact; and a
+    horizon shorter than the longest token gives wrong ones (so the sharing
+    is what this test checks)."""
+    from gramspec.grammars import compiled
+    from gramspec.grammars.json_schema import json_schema_spec
+    from gramspec.grammars.lexer import Lexer
+
+    schema, text = COUNTED_CASES[name]
+    vocab = _counted_vocabulary()
+    data = text.encode()
+    spec = json_schema_spec(schema)
+    grammar = CompiledGrammar(spec, vocab)
+    ref = reference(grammar)
+    assert ref.accepts_bytes(data), text
+    states = [grammar.walk(grammar.initial_state, data[:cut]) for cut in range(len(data) + 1)]
+    expected = [brute_force_mask(ref, state) for state in states]  # type: ignore[arg-type]
+    for cut, (state, want) in enumerate(zip(states, expected)):
+        wrong = np.flatnonzero(unpack_mask(grammar.mask(state), vocab.size) != want)  # type: ignore[arg-type]
+        assert wrong.size == 0, (data[:cut], [(int(i), vocab.token_bytes[i], bool(want[i])) for i in wrong[:10]])
+    lexer_states = {state[1] for state in states if state is not None}
+    assert len(grammar._lex_classes) < len(lexer_states) / 2, "equivalent lexer states were not shared"
+
+    original_init = Lexer.__init__
+
+    def short_sighted(self: Lexer, terminals: Any, *, horizon: int | None = None) -> None:
+        original_init(self, terminals, horizon=1)  # equates states that 2-byte tokens tell apart
+
+    monkeypatch.setattr(Lexer, "__init__", short_sighted)
+    short = CompiledGrammar(spec, vocab)
+    assert compiled.TokenTable.for_vocab(vocab).max_length > 1
+    wrong_masks = sum(
+        not np.array_equal(unpack_mask(short.mask(short.walk(short.initial_state, data[:cut])), vocab.size), want)  # type: ignore[arg-type]
+        for cut, want in enumerate(expected)
+    )
+    assert wrong_masks > 0
 
 
 def test_padding_ids_and_special_tokens_are_never_allowed() -> None:

@@ -14,10 +14,15 @@ state ``L``):
    lexer DFA, one numpy step per depth (a prefix shared by many tokens is
    stepped once). Tokens that stay inside the current lexeme are allowed
    whatever the parser holds; tokens that die without completing a lexeme are
-   rejected; the rest cross a lexeme boundary and are grouped by (state at the
-   boundary, remaining bytes);
+   rejected; the rest cross a lexeme boundary and are grouped by the state
+   at the boundary, as the trie nodes where they cross;
 2. per (P, L) (cached, LRU): each boundary group is decided once by running
-   the parser through it.
+   the parser through it and walking the trie on from those nodes in the
+   next lexeme's state (that walk is cached by the lexer states on the way).
+
+Both caches are keyed by a representative of ``L``: lexer states that treat
+every string as long as the longest token alike share one (the characters of
+a string with ``maxLength`` far from its bounds, see ``Lexer.representative``).
 """
 
 from __future__ import annotations
@@ -169,14 +174,19 @@ class TokenTrie:
         return cls(order.astype(np.int32), tuple(reversed(levels)))
 
 
+#: Where a walk left the lexeme: trie nodes per depth (the node's own byte
+#: is the first of the next lexeme), keyed by the lexer state that ended.
+Crossings = dict[int, tuple[np.ndarray, np.ndarray]]  # boundary state -> (depths, nodes)
+
+
 @dataclass(frozen=True)
 class _LexClass:
     """Tokens classified from one lexer state."""
 
     inside: np.ndarray  # packed mask of tokens that stay inside the lexeme
-    # per lexer state where the lexeme must end: tokens crossing at their first
-    # byte, tokens crossing later, and the positions where those cross
-    boundaries: tuple[tuple[int, np.ndarray, np.ndarray, np.ndarray], ...]
+    # per lexer state where the lexeme must end: the tokens crossing at their
+    # first byte, and the trie nodes where the others cross
+    boundaries: tuple[tuple[int, np.ndarray, np.ndarray, np.ndarray], ...]  # (state, first ids, depths, nodes)
 
 
 @dataclass(frozen=True)
@@ -198,12 +208,12 @@ class CompiledGrammar:
         self.vocab = vocab
         self.tokens = TokenTable.for_vocab(vocab)
         self._parser = EarleyParser(spec.rules, len(spec.terminals))
-        self._lexer = Lexer(spec.terminals)
+        self._lexer = Lexer(spec.terminals, horizon=self.tokens.max_length)
         self._lock = threading.RLock()
         self._start: dict[int, int] = {}
         self._end: dict[tuple[int, frozenset[int]], int | None] = {}
         self._lex_classes: dict[int, _LexClass] = {}
-        self._path_walks: dict[tuple[int, ...], tuple[np.ndarray, list[tuple[int, np.ndarray, np.ndarray]]]] = {}
+        self._path_walks: dict[tuple[int, ...], tuple[np.ndarray, Crossings]] = {}
         self._masks: OrderedDict[State, np.ndarray] = OrderedDict()
         self._mask_cache_size = mask_cache_size
         self._walks: dict[tuple[int, int, int], State | None] = {}
@@ -317,13 +327,16 @@ class CompiledGrammar:
 
     def mask(self, state: State) -> np.ndarray:
         """The packed int32 mask of tokens allowed in ``state`` (shared: do not modify)."""
-        cached = self._masks.get(state)
+        # lexer states no token tells apart have the same masks: a string
+        # with maxLength 256 has 256 copies of one state for this purpose
+        key = (state[0], self._lexer.representative(state[1]))
+        cached = self._masks.get(key)
         if cached is not None:
-            self._masks.move_to_end(state)
+            self._masks.move_to_end(key)
             return cached
-        words = self._compute_mask(state)
+        words = self._compute_mask(key)
         with self._lock:
-            self._masks[state] = words
+            self._masks[key] = words
             if len(self._masks) > self._mask_cache_size:
                 self._masks.popitem(last=False)
         return words
@@ -332,139 +345,120 @@ class CompiledGrammar:
         parser_state, lexer_state = state
         lex_class = self._lex_class(lexer_state)
         allowed = unpack_mask(lex_class.inside, self.vocab.size)
-        for boundary_state, first, later, positions in lex_class.boundaries:
+        for boundary_state, first, depths, nodes in lex_class.boundaries:
             after = self._end_lexeme(parser_state, self._lexer.accepts[boundary_state])
             if after is None:
                 continue
             fresh = self._start_state(after)
             if first.size:  # the lexeme ends before the token: the next state's mask decides
                 allowed[first] = unpack_mask(self.mask((after, fresh)), self.vocab.size)[first]
-            if later.size:
+            if nodes.size:
                 path = (lexer_state, boundary_state)
-                allowed[self._resolve(after, fresh, later, positions, path)] = True
+                allowed[self._resolve(after, fresh, depths, nodes, path)] = True
         if self.is_accepting(state) and self.tokens.eos.size:
             allowed[self.tokens.eos] = True
         return pack_mask(allowed)
 
     def _resolve(
-        self, parser_state: int, lexer_state: int, ids: np.ndarray, offsets: np.ndarray, path: tuple[int, ...]
+        self, parser_state: int, lexer_state: int, depths: np.ndarray, nodes: np.ndarray, path: tuple[int, ...]
     ) -> np.ndarray:
-        """Of tokens ``ids`` whose bytes from ``offsets`` on start a lexeme in
-        ``lexer_state`` (parser in ``parser_state``), the ones that stay viable.
+        """Of the tokens under trie ``nodes`` (at ``depths``), whose bytes from
+        there on start a lexeme in ``lexer_state`` (parser in ``parser_state``),
+        the ones that stay viable.
 
-        ``path`` (the lexer states that led to these tokens) determines ``ids``
-        and ``offsets``, so the lexer walk is cached by it: only the parser
-        steps depend on ``parser_state``."""
+        ``path`` (the lexer states that led to these nodes) determines them,
+        so the lexer walk is cached by it: only the parser steps depend on
+        ``parser_state``."""
         key = (*path, lexer_state)
         walked = self._path_walks.get(key)
         if walked is None:
-            walked = self._lex_walk(np.full(ids.shape[0], lexer_state, dtype=np.int32), ids, offsets)
-            self._path_walks[key] = walked
-        inside, boundaries = walked
+            walked = self._path_walks[key] = self._trie_walk(depths, nodes, lexer_state)
+        inside, crossings = walked
         parts = [inside]
-        for boundary_state, sub_ids, positions in boundaries:
+        for boundary_state, (sub_depths, sub_nodes) in crossings.items():
             after = self._end_lexeme(parser_state, self._lexer.accepts[boundary_state])
             if after is not None:
                 sub_path = (*key, boundary_state)
-                parts.append(self._resolve(after, self._start_state(after), sub_ids, positions, sub_path))
+                parts.append(self._resolve(after, self._start_state(after), sub_depths, sub_nodes, sub_path))
         return np.concatenate(parts)
 
     def _lex_class(self, lexer_state: int) -> _LexClass:
         found = self._lex_classes.get(lexer_state)
         if found is not None:
             return found
-        inside_ids, boundaries = self._trie_walk(lexer_state)
+        roots = np.arange(self.tokens.trie.levels[0].parent.size, dtype=np.int32)
+        inside_ids, crossings = self._trie_walk(np.zeros(roots.size, dtype=np.int32), roots, lexer_state)
         inside = np.zeros(self.vocab.size, dtype=bool)
         inside[inside_ids] = True
-        split = tuple(
-            (state, crossing[positions == 0], crossing[positions > 0], positions[positions > 0])
-            for state, crossing, positions in boundaries
-        )
-        lex_class = _LexClass(pack_mask(inside), split)
+        level0 = self.tokens.trie.levels[0]
+        order = self.tokens.trie.order
+        boundaries = []
+        for state, (depths, nodes) in crossings.items():
+            first = depths == 0
+            ids = order[_expand_ranges(level0.lo[nodes[first]], level0.hi[nodes[first]])]
+            boundaries.append((state, ids, depths[~first], nodes[~first]))
+        lex_class = _LexClass(pack_mask(inside), tuple(boundaries))
         self._lex_classes[lexer_state] = lex_class
         return lex_class
 
-    def _trie_walk(self, lexer_state: int) -> tuple[np.ndarray, list[tuple[int, np.ndarray, np.ndarray]]]:
-        """:meth:`_lex_walk` of every token from offset 0 in ``lexer_state``,
-        over the vocabulary's trie: a frontier of live prefixes is stepped one
-        byte per round. A prefix whose next byte kills the lexeme settles its
-        whole subtree (crossing a boundary there if the lexeme is complete,
-        else dead); a live prefix whose remaining bytes all loop on its state
-        settles its subtree as inside."""
+    def _trie_walk(self, depths: np.ndarray, nodes: np.ndarray, lexer_state: int) -> tuple[np.ndarray, Crossings]:
+        """Walk the tokens under trie ``nodes`` (at ``depths``) through the
+        lexer from ``lexer_state``, from each node's own byte on, one depth per
+        round (a prefix shared by many tokens is stepped once).
+
+        Returns the tokens that end inside the lexeme, and per lexer state
+        where the lexeme had to end (a complete lexeme), the nodes whose byte
+        crossed that boundary; the others are dead. A node whose byte kills
+        the lexeme settles its whole subtree; a live node whose remaining
+        bytes all loop on its state settles its subtree as inside."""
         lexer, trie = self._lexer, self.tokens.trie
-        order = trie.order
         inside: list[np.ndarray] = []
-        crossings: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []  # lo, hi, position, state
-        nodes = np.arange(trie.levels[0].parent.size, dtype=np.int32)
-        before = np.full(nodes.size, lexer_state, dtype=np.int32)
-        for depth, level in enumerate(trie.levels):
+        crossed: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # depth, node, boundary state
+        starts = {int(d): nodes[depths == d] for d in np.unique(depths).tolist()}
+        frontier = np.zeros(0, dtype=np.int32)
+        before = np.zeros(0, dtype=np.int32)
+        for depth in range(min(starts, default=len(trie.levels)), len(trie.levels)):
+            level = trie.levels[depth]
+            started = starts.get(depth)
+            if started is not None:
+                frontier = np.concatenate([frontier, started])
+                before = np.concatenate([before, np.full(started.size, lexer_state, dtype=np.int32)])
+            if not frontier.size:
+                if depth >= max(starts):
+                    break
+                continue
             table = lexer.rows(before)
-            after = table[before, level.byte[nodes]]
+            after = table[before, level.byte[frontier]]
             dead = after < 0
             if dead.any():
                 ended = dead & lexer.has_accept[before]
-                crossings.append(
-                    (level.lo[nodes[ended]], level.hi[nodes[ended]], np.full(int(ended.sum()), depth, dtype=np.int32), before[ended])
-                )
+                if ended.any():
+                    crossed.append((np.full(int(ended.sum()), depth, dtype=np.int32), frontier[ended], before[ended]))
                 live = ~dead
-                nodes, after = nodes[live], after[live]
-            lo, exact = level.lo[nodes], level.exact[nodes]
-            settled = ~(level.below[nodes] & ~lexer.loops[after]).any(axis=1)
-            inside.append(_expand_ranges(lo, np.where(settled, level.hi[nodes], lo + exact)))
-            nodes, after = nodes[~settled], after[~settled]
-            if not nodes.size or depth + 1 == len(trie.levels):
+                frontier, after = frontier[live], after[live]
+            # fewer bytes than a token's remain, so an equivalent state does as well
+            # (and a counted string's copies collapse into one)
+            after = lexer.representatives(after)
+            lo, exact = level.lo[frontier], level.exact[frontier]
+            settled = ~(level.below[frontier] & ~lexer.loops[after]).any(axis=1)
+            inside.append(_expand_ranges(lo, np.where(settled, level.hi[frontier], lo + exact)))
+            frontier, after = frontier[~settled], after[~settled]
+            if depth + 1 == len(trie.levels):
                 break
-            nodes, parents = _children(level.child_lo[nodes], level.child_hi[nodes])
+            frontier, parents = _children(level.child_lo[frontier], level.child_hi[frontier])
             before = after[parents]
-        inside_ids = order[np.concatenate(inside)] if inside else np.zeros(0, dtype=np.int32)
-        if not crossings:
-            return inside_ids, []
-        lo, hi, positions, states = (np.concatenate(parts) for parts in zip(*crossings))
-        counts = hi - lo
-        members = _expand_ranges(lo, hi)
-        return inside_ids, _group_by_state(order[members], np.repeat(positions, counts), np.repeat(states, counts))
-
-    def _lex_walk(
-        self, current: np.ndarray, ids: np.ndarray, positions: np.ndarray
-    ) -> tuple[np.ndarray, list[tuple[int, np.ndarray, np.ndarray]]]:
-        """Walk tokens ``ids`` from ``positions`` on through the lexer, from
-        states ``current``. Returns the tokens that end inside the lexeme, and
-        per lexer state where the lexeme had to end (a complete lexeme), the
-        tokens and positions that crossed that boundary; the others are dead."""
-        lexer, tokens = self._lexer, self.tokens
-        lengths = tokens.lengths
-        inside: list[np.ndarray] = []
-        crossed_ids: list[np.ndarray] = []
-        crossed_pos: list[np.ndarray] = []
-        crossed_state: list[np.ndarray] = []
-        while ids.size:
-            ended = lengths[ids] == positions
-            if ended.any():
-                inside.append(ids[ended])
-                keep = ~ended
-                ids, positions, current = ids[keep], positions[keep], current[keep]
-                if not ids.size:
-                    break
-            table = lexer.rows(current)
-            nxt = table[current, tokens.matrix[ids, positions]]
-            dead = nxt < 0
-            if dead.any():
-                crossed_ids.append(ids[dead])
-                crossed_pos.append(positions[dead])
-                crossed_state.append(current[dead])
-                live = ~dead
-                ids, positions, current = ids[live], positions[live], nxt[live]
-            else:
-                current = nxt
-            positions = positions + 1
-        inside_ids = np.concatenate(inside) if inside else np.zeros(0, dtype=np.int32)
-        if not crossed_ids:
-            return inside_ids, []
-        all_ids = np.concatenate(crossed_ids)
-        all_pos = np.concatenate(crossed_pos)
-        all_state = np.concatenate(crossed_state)
-        complete = lexer.has_accept[all_state]
-        return inside_ids, _group_by_state(all_ids[complete], all_pos[complete], all_state[complete])
+        inside_ids = trie.order[np.concatenate(inside)] if inside else np.zeros(0, dtype=np.int32)
+        crossings: Crossings = {}
+        if crossed:
+            all_depths, all_nodes, all_states = (np.concatenate(parts) for parts in zip(*crossed))
+            order = np.argsort(all_states, kind="stable")
+            all_depths, all_nodes, all_states = all_depths[order], all_nodes[order], all_states[order]
+            cuts = np.flatnonzero(np.diff(all_states)) + 1
+            for chunk_depths, chunk_nodes, chunk_states in zip(
+                np.split(all_depths, cuts), np.split(all_nodes, cuts), np.split(all_states, cuts)
+            ):
+                crossings[int(chunk_states[0])] = (chunk_depths, chunk_nodes)
+        return inside_ids, crossings
 
     # -- forced text ---------------------------------------------------------
 
@@ -500,20 +494,6 @@ def _children(child_lo: np.ndarray, child_hi: np.ndarray) -> tuple[np.ndarray, n
     """The children ``[child_lo[i], child_hi[i])`` of a frontier, each with its parent's place in it."""
     counts = child_hi - child_lo
     return _expand_ranges(child_lo, child_hi).astype(np.int32), np.repeat(np.arange(counts.size), counts)
-
-
-def _group_by_state(
-    ids: np.ndarray, positions: np.ndarray, states: np.ndarray
-) -> list[tuple[int, np.ndarray, np.ndarray]]:
-    """``(state, ids, positions)`` per distinct boundary state."""
-    order = np.argsort(states, kind="stable")
-    ids, positions, states = ids[order], positions[order], states[order]
-    cuts = np.flatnonzero(np.diff(states)) + 1
-    return [
-        (int(chunk_states[0]), chunk_ids, chunk_pos)
-        for chunk_ids, chunk_pos, chunk_states in zip(np.split(ids, cuts), np.split(positions, cuts), np.split(states, cuts))
-        if chunk_ids.size
-    ]
 
 
 class Matcher:

@@ -21,7 +21,7 @@ import re
 import signal
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +65,65 @@ class ByteDFA:
             if state < 0:
                 return False
         return bool(self.accepting[state])
+
+    def horizon_classes(self, horizon: int) -> Callable[[int], Hashable]:
+        """Labels of states such that two states with the same label treat
+        every string of at most ``horizon`` bytes alike (alive after each
+        byte, accepting at the same points). The copies of a counted string
+        far from its bounds share a label; so do states that Moore refinement
+        cannot split within ``horizon`` rounds."""
+        if isinstance(self.transitions, _CountedRows):
+            rows = self.transitions
+            return lambda state: rows.horizon_class(state, horizon)
+        labels = _horizon_labels(self.transitions, self.accepting, horizon).tolist()
+        return labels.__getitem__
+
+
+#: Above this many states, Moore refinement is not tried (every state is its own class).
+_MAX_REFINED_STATES = 50_000
+
+
+def _horizon_labels(transitions: np.ndarray, accepting: np.ndarray, horizon: int) -> np.ndarray:
+    """Moore refinement for ``horizon`` rounds (or until stable): round ``h``
+    splits states that some string of ``h`` bytes tells apart."""
+    n = transitions.shape[0]
+    # two states that some string tells apart are told apart by one of at
+    # most n - 2 bytes: a DFA that small gains nothing over its own states
+    if n <= horizon + 2 or n > _MAX_REFINED_STATES:
+        return np.arange(n)
+    rng = np.random.default_rng(0)
+    # a state's own label, then its successors' by class of bytes (-1, dead, picks the appended -1)
+    columns = np.column_stack([np.arange(n), _distinct_columns(transitions, rng)])
+    weights = rng.integers(1, 1 << 62, size=columns.shape[1], dtype=np.int64) | 1
+    labels = accepting.astype(np.int64)
+    count = int(np.unique(labels).size)
+    for _ in range(horizon):
+        signature = np.append(labels, -1)[columns]
+        # states are grouped by a hash of their signature (wrapping int64
+        # arithmetic), checked against the whole signature: a collision
+        # falls back to comparing rows
+        with np.errstate(over="ignore"):
+            hashes = signature @ weights
+        _, first, refined = np.unique(hashes, return_index=True, return_inverse=True)
+        refined = refined.reshape(-1)
+        if not (signature[first[refined]] == signature).all():
+            refined = np.unique(signature, axis=0, return_inverse=True)[1].reshape(-1)
+        labels = refined
+        if int(labels.max()) + 1 == count:  # refinement only splits: same count, same partition
+            break
+        count = int(labels.max()) + 1
+    return labels
+
+
+def _distinct_columns(table: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The distinct columns of ``table`` (grouped by a hash, checked exactly)."""
+    weights = rng.integers(1, 1 << 62, size=table.shape[0], dtype=np.int64) | 1
+    with np.errstate(over="ignore"):
+        hashes = weights @ table.astype(np.int64)
+    _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+    if (table[:, first[inverse.reshape(-1)]] == table).all():
+        return table[:, first]
+    return np.unique(table, axis=1)
 
 
 # Lark's common.lark writes ESCAPED_STRING with a lookbehind that interegular
@@ -511,6 +570,18 @@ class _CountedRows:
         if sub == 0 and copy >= self.min_length:
             out[0x22] = self.closing
         return out
+
+    def horizon_class(self, state: int, horizon: int) -> Hashable:
+        """What decides how ``state`` treats strings of at most ``horizon``
+        bytes: its place in the block and how many characters remain to each
+        bound, capped past the horizon (each character takes a byte or more)."""
+        if state >= self.last_entry:
+            return ("end", state)
+        copy, sub = divmod(state, self.k)
+        far = horizon + 1
+        to_min = min(max(self.min_length - copy, 0), far)
+        to_max = min(self.copies - copy, far) if self.max_length is not None else far
+        return (to_min, to_max, sub)
 
     def __getitem__(self, key: int | tuple[int, int]) -> np.ndarray | int:
         if isinstance(key, tuple):
