@@ -61,6 +61,12 @@ def unpack_mask(words: np.ndarray, vocab_size: int) -> np.ndarray:
     return bits[:vocab_size].astype(bool)
 
 
+def set_mask_bits(words: np.ndarray, ids: np.ndarray) -> None:
+    """Set the bits of token ``ids`` in a packed int32 bitmask row, in place."""
+    ids = np.asarray(ids, dtype=np.int64)
+    np.bitwise_or.at(words.view(np.uint32), ids >> 5, np.left_shift(np.uint32(1), (ids & 31).astype(np.uint32)))
+
+
 def pack_mask(allowed: np.ndarray) -> np.ndarray:
     """A bool array as a packed int32 bitmask row (bit ``i % 32`` of word ``i // 32``)."""
     n = mask_words(allowed.shape[0])
@@ -185,8 +191,9 @@ class _LexClass:
 
     inside: np.ndarray  # packed mask of tokens that stay inside the lexeme
     # per lexer state where the lexeme must end: the tokens crossing at their
-    # first byte, and the trie nodes where the others cross
-    boundaries: tuple[tuple[int, np.ndarray, np.ndarray, np.ndarray], ...]  # (state, first ids, depths, nodes)
+    # first byte (a packed mask, None if there are none), and the trie nodes
+    # where the others cross
+    boundaries: tuple[tuple[int, np.ndarray | None, np.ndarray, np.ndarray], ...]  # (state, first, depths, nodes)
 
 
 @dataclass(frozen=True)
@@ -342,22 +349,23 @@ class CompiledGrammar:
         return words
 
     def _compute_mask(self, state: State) -> np.ndarray:
+        # all in the packed layout: a mask is 1/32 of the vocabulary's size in memory
         parser_state, lexer_state = state
         lex_class = self._lex_class(lexer_state)
-        allowed = unpack_mask(lex_class.inside, self.vocab.size)
+        words = lex_class.inside.copy()
         for boundary_state, first, depths, nodes in lex_class.boundaries:
             after = self._end_lexeme(parser_state, self._lexer.accepts[boundary_state])
             if after is None:
                 continue
             fresh = self._start_state(after)
-            if first.size:  # the lexeme ends before the token: the next state's mask decides
-                allowed[first] = unpack_mask(self.mask((after, fresh)), self.vocab.size)[first]
+            if first is not None:  # the lexeme ends before the token: the next state's mask decides
+                words |= self.mask((after, fresh)) & first
             if nodes.size:
                 path = (lexer_state, boundary_state)
-                allowed[self._resolve(after, fresh, depths, nodes, path)] = True
+                set_mask_bits(words, self._resolve(after, fresh, depths, nodes, path))
         if self.is_accepting(state) and self.tokens.eos.size:
-            allowed[self.tokens.eos] = True
-        return pack_mask(allowed)
+            set_mask_bits(words, self.tokens.eos)
+        return words
 
     def _resolve(
         self, parser_state: int, lexer_state: int, depths: np.ndarray, nodes: np.ndarray, path: tuple[int, ...]
@@ -388,16 +396,20 @@ class CompiledGrammar:
             return found
         roots = np.arange(self.tokens.trie.levels[0].parent.size, dtype=np.int32)
         inside_ids, crossings = self._trie_walk(np.zeros(roots.size, dtype=np.int32), roots, lexer_state)
-        inside = np.zeros(self.vocab.size, dtype=bool)
-        inside[inside_ids] = True
+        words = mask_words(self.vocab.size)
+        inside = np.zeros(words, dtype=np.int32)
+        set_mask_bits(inside, inside_ids)
         level0 = self.tokens.trie.levels[0]
         order = self.tokens.trie.order
         boundaries = []
         for state, (depths, nodes) in crossings.items():
-            first = depths == 0
-            ids = order[_expand_ranges(level0.lo[nodes[first]], level0.hi[nodes[first]])]
-            boundaries.append((state, ids, depths[~first], nodes[~first]))
-        lex_class = _LexClass(pack_mask(inside), tuple(boundaries))
+            at_first = depths == 0
+            first = None
+            if at_first.any():
+                first = np.zeros(words, dtype=np.int32)
+                set_mask_bits(first, order[_expand_ranges(level0.lo[nodes[at_first]], level0.hi[nodes[at_first]])])
+            boundaries.append((state, first, depths[~at_first], nodes[~at_first]))
+        lex_class = _LexClass(inside, tuple(boundaries))
         self._lex_classes[lexer_state] = lex_class
         return lex_class
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from transformers.generation.logits_process import LogitsProcessor
 
-from gramspec.grammars.compiled import CompiledGrammar, Matcher, mask_words
+from gramspec.grammars.compiled import CompiledGrammar, Matcher, mask_words, set_mask_bits
 from gramspec.plugins.mask import apply_token_bitmask
 from gramspec.vocab import Vocabulary
 
@@ -155,7 +155,7 @@ class GrammarConstraintLogitsProcessor(LogitsProcessor):
             else:  # finished (or rejected): EOS only, so the row can be padded
                 if state is _REJECTED:
                     self.rejected_rows.add(row)
-                _set_bits(bitmask[row], self._eos)
+                set_mask_bits(bitmask[row], self._eos)
         self._states = states
         return apply_token_bitmask(scores, bitmask)  # type: ignore[return-value]
 
@@ -195,11 +195,6 @@ class GrammarConstraintLogitsProcessor(LogitsProcessor):
             state = self._walk(row)
             out.append(not (isinstance(state, Matcher) and state.is_terminated()))
         return out
-
-
-def _set_bits(words: np.ndarray, ids: np.ndarray) -> None:
-    for i in ids.tolist():
-        words[i // 32] |= np.int32(np.uint32(1 << (i % 32)).view(np.int32))
 
 
 def _vocab_args(tokenizer: Any, vocab_size: int | None, eos_token_ids: Iterable[int] | None) -> Vocabulary:
