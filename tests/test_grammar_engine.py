@@ -253,6 +253,7 @@ def _counted_vocabulary() -> Vocabulary:
     tokens = [bytes([b]) for b in range(256)]
     tokens += [b"".join(rng.choices(alphabet, k=rng.randint(2, 8))) for _ in range(500)]
     tokens += [b"abcdefgh", b"ijabcdef", b'bc"}', b"ab\xc3\xa9c"]
+    tokens += [b"a" * 24, b"ab" * 10, b"b1 " * 7, b"abcdefghij" * 2 + b'"', b"c" * 17 + b'"}']  # longer than short tokens
     return Vocabulary.from_token_bytes(tokens + [b""], eos_token_ids=[len(tokens)])
 
 
@@ -260,9 +261,10 @@ def _counted_vocabulary() -> Vocabulary:
 def test_masks_of_counted_strings_match_brute_force_at_every_position(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Lexer states no token tells apart share masks (the characters of a
     string with maxLength far from its bounds): at every byte of a long
-    string, near and far from the bounds, the shared masks are exact; and a
-    horizon shorter than the longest token gives wrong ones (so the sharing
-    is what this test checks)."""
+    string, near and far from the bounds, the shared masks are exact (near a
+    bound, the short tokens' walk is shared and the long ones walked apart);
+    and a horizon shorter than the longest token gives wrong ones (so the
+    sharing is what this test checks)."""
     from gramspec.grammars import compiled
     from gramspec.grammars.json_schema import json_schema_spec
     from gramspec.grammars.lexer import Lexer
@@ -281,13 +283,14 @@ def test_masks_of_counted_strings_match_brute_force_at_every_position(name: str,
         assert wrong.size == 0, (data[:cut], [(int(i), vocab.token_bytes[i], bool(want[i])) for i in wrong[:10]])
     lexer_states = {state[1] for state in states if state is not None}
     assert len(grammar._lex_classes) < len(lexer_states) / 2, "equivalent lexer states were not shared"
+    assert {part for part, _ in grammar._lex_classes} == {0, 1, 2}, "short tokens' walks were not shared near a bound"
 
-    original_init = Lexer.__init__
+    original_horizon = Lexer.horizon
 
-    def short_sighted(self: Lexer, terminals: Any, *, horizon: int | None = None) -> None:
-        original_init(self, terminals, horizon=1)  # equates states that 2-byte tokens tell apart
+    def short_sighted(self: Lexer, length: int) -> Any:
+        return original_horizon(self, 1)  # equates states that 2-byte tokens tell apart
 
-    monkeypatch.setattr(Lexer, "__init__", short_sighted)
+    monkeypatch.setattr(Lexer, "horizon", short_sighted)
     short = CompiledGrammar(spec, vocab)
     assert compiled.TokenTable.for_vocab(vocab).max_length > 1
     wrong_masks = sum(

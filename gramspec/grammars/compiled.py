@@ -22,7 +22,7 @@ state ``L``):
 
 Both caches are keyed by a representative of ``L``: lexer states that treat
 every string as long as the longest token alike share one (the characters of
-a string with ``maxLength`` far from its bounds, see ``Lexer.representative``).
+a string with ``maxLength`` far from its bounds, see ``lexer.Horizon``).
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ State = tuple[int, int]  # (Earley set id, lexer state id)
 #: How many whole masks a compiled grammar keeps (least recently used go first).
 DEFAULT_MASK_CACHE = 4096
 _MAX_FORCED_BYTES = 1024
+#: Tokens of up to this many bytes can be walked apart from longer ones.
+SHORT_TOKEN_BYTES = 16
 _WALK_MEMO_LIMIT = 1 << 20
 
 
@@ -96,7 +98,16 @@ class TokenTable:
                 self.by_bytes[data] = token_id
         self.sorted_bytes = sorted(self.by_bytes)
         self.max_length = width
-        self.trie = TokenTrie.build(self)
+        # all tokens, then (when some are long) short tokens and long ones apart:
+        # a long token tells apart lexer states that every short one treats
+        # alike (the last characters before a string's maxLength), so a walk of
+        # the short tokens can be shared more widely
+        lengths = self.lengths[self.nonempty]
+        short = self.nonempty[lengths <= SHORT_TOKEN_BYTES]
+        long = self.nonempty[lengths > SHORT_TOKEN_BYTES]
+        self.tries: tuple[TokenTrie, ...] = (TokenTrie.build(self, self.nonempty),)
+        if short.size and long.size:
+            self.tries += (TokenTrie.build(self, short), TokenTrie.build(self, long))
 
     @classmethod
     def for_vocab(cls, vocab: Vocabulary) -> TokenTable:
@@ -137,9 +148,14 @@ class TokenTrie:
     order: np.ndarray  # token ids sorted by their bytes
     levels: tuple[TrieLevel, ...]  # levels[d]: prefixes of d + 1 bytes
 
+    @property
+    def max_length(self) -> int:
+        """Bytes of the longest token."""
+        return len(self.levels)
+
     @classmethod
-    def build(cls, table: TokenTable) -> TokenTrie:
-        ids = table.nonempty
+    def build(cls, table: TokenTable, ids: np.ndarray) -> TokenTrie:
+        """The trie of tokens ``ids`` (non-empty)."""
         token_bytes = table.vocab.token_bytes
         order = np.array(sorted(ids.tolist(), key=token_bytes.__getitem__), dtype=np.int64)
         lengths = table.lengths[order]
@@ -215,11 +231,13 @@ class CompiledGrammar:
         self.vocab = vocab
         self.tokens = TokenTable.for_vocab(vocab)
         self._parser = EarleyParser(spec.rules, len(spec.terminals))
-        self._lexer = Lexer(spec.terminals, horizon=self.tokens.max_length)
+        self._lexer = Lexer(spec.terminals)
+        self._mask_horizon = self._lexer.horizon(self.tokens.max_length)
+        self._tries = tuple((trie, self._lexer.horizon(trie.max_length)) for trie in self.tokens.tries)
         self._lock = threading.RLock()
         self._start: dict[int, int] = {}
         self._end: dict[tuple[int, frozenset[int]], int | None] = {}
-        self._lex_classes: dict[int, _LexClass] = {}
+        self._lex_classes: dict[tuple[int, int], _LexClass] = {}
         self._path_walks: dict[tuple[int, ...], tuple[np.ndarray, Crossings]] = {}
         self._masks: OrderedDict[State, np.ndarray] = OrderedDict()
         self._mask_cache_size = mask_cache_size
@@ -334,9 +352,9 @@ class CompiledGrammar:
 
     def mask(self, state: State) -> np.ndarray:
         """The packed int32 mask of tokens allowed in ``state`` (shared: do not modify)."""
-        # lexer states no token tells apart have the same masks: a string
-        # with maxLength 256 has 256 copies of one state for this purpose
-        key = (state[0], self._lexer.representative(state[1]))
+        # lexer states no token tells apart have the same masks: the
+        # characters of a string with maxLength, far from its bounds
+        key = (state[0], self._mask_horizon.representative(state[1]))
         cached = self._masks.get(key)
         if cached is not None:
             self._masks.move_to_end(key)
@@ -351,18 +369,27 @@ class CompiledGrammar:
     def _compute_mask(self, state: State) -> np.ndarray:
         # all in the packed layout: a mask is 1/32 of the vocabulary's size in memory
         parser_state, lexer_state = state
-        lex_class = self._lex_class(lexer_state)
-        words = lex_class.inside.copy()
-        for boundary_state, first, depths, nodes in lex_class.boundaries:
-            after = self._end_lexeme(parser_state, self._lexer.accepts[boundary_state])
-            if after is None:
-                continue
-            fresh = self._start_state(after)
-            if first is not None:  # the lexeme ends before the token: the next state's mask decides
-                words |= self.mask((after, fresh)) & first
-            if nodes.size:
-                path = (lexer_state, boundary_state)
-                set_mask_bits(words, self._resolve(after, fresh, depths, nodes, path))
+        words = np.zeros(mask_words(self.vocab.size), dtype=np.int32)
+        # all tokens in one walk, unless a state that only long tokens tell
+        # apart from this one came first: then its short tokens' walk is shared
+        parts = [(0, lexer_state)]
+        if len(self._tries) == 3:
+            short = self._tries[1][1].representative(lexer_state)
+            if short != lexer_state:
+                parts = [(1, short), (2, lexer_state)]
+        for part, own in parts:
+            lex_class = self._lex_class(part, own)
+            words |= lex_class.inside
+            for boundary_state, first, depths, nodes in lex_class.boundaries:
+                after = self._end_lexeme(parser_state, self._lexer.accepts[boundary_state])
+                if after is None:
+                    continue
+                fresh = self._start_state(after)
+                if first is not None:  # the lexeme ends before the token: the next state's mask decides
+                    words |= self.mask((after, fresh)) & first
+                if nodes.size:
+                    path = (part, own, boundary_state)
+                    set_mask_bits(words, self._resolve(after, fresh, depths, nodes, path))
         if self.is_accepting(state) and self.tokens.eos.size:
             set_mask_bits(words, self.tokens.eos)
         return words
@@ -370,17 +397,19 @@ class CompiledGrammar:
     def _resolve(
         self, parser_state: int, lexer_state: int, depths: np.ndarray, nodes: np.ndarray, path: tuple[int, ...]
     ) -> np.ndarray:
-        """Of the tokens under trie ``nodes`` (at ``depths``), whose bytes from
-        there on start a lexeme in ``lexer_state`` (parser in ``parser_state``),
-        the ones that stay viable.
+        """Of the tokens under ``nodes`` (at ``depths``) of trie ``path[0]``,
+        whose bytes from there on start a lexeme in ``lexer_state`` (parser in
+        ``parser_state``), the ones that stay viable.
 
-        ``path`` (the lexer states that led to these nodes) determines them,
-        so the lexer walk is cached by it: only the parser steps depend on
-        ``parser_state``."""
+        ``path`` (the trie, then the lexer states that led to these nodes)
+        determines them, so the lexer walk is cached by it: only the parser
+        steps depend on ``parser_state``."""
+        part = path[0]
+        lexer_state = self._tries[part][1].representative(lexer_state)
         key = (*path, lexer_state)
         walked = self._path_walks.get(key)
         if walked is None:
-            walked = self._path_walks[key] = self._trie_walk(depths, nodes, lexer_state)
+            walked = self._path_walks[key] = self._trie_walk(part, depths, nodes, lexer_state)
         inside, crossings = walked
         parts = [inside]
         for boundary_state, (sub_depths, sub_nodes) in crossings.items():
@@ -390,40 +419,46 @@ class CompiledGrammar:
                 parts.append(self._resolve(after, self._start_state(after), sub_depths, sub_nodes, sub_path))
         return np.concatenate(parts)
 
-    def _lex_class(self, lexer_state: int) -> _LexClass:
-        found = self._lex_classes.get(lexer_state)
+    def _lex_class(self, part: int, lexer_state: int) -> _LexClass:
+        """The tokens of trie ``part`` classified from ``lexer_state`` (a representative)."""
+        found = self._lex_classes.get((part, lexer_state))
         if found is not None:
             return found
-        roots = np.arange(self.tokens.trie.levels[0].parent.size, dtype=np.int32)
-        inside_ids, crossings = self._trie_walk(np.zeros(roots.size, dtype=np.int32), roots, lexer_state)
+        trie = self._tries[part][0]
+        roots = np.arange(trie.levels[0].parent.size, dtype=np.int32)
+        inside_ids, crossings = self._trie_walk(part, np.zeros(roots.size, dtype=np.int32), roots, lexer_state)
         words = mask_words(self.vocab.size)
         inside = np.zeros(words, dtype=np.int32)
         set_mask_bits(inside, inside_ids)
-        level0 = self.tokens.trie.levels[0]
-        order = self.tokens.trie.order
+        level0 = trie.levels[0]
         boundaries = []
         for state, (depths, nodes) in crossings.items():
             at_first = depths == 0
             first = None
             if at_first.any():
                 first = np.zeros(words, dtype=np.int32)
-                set_mask_bits(first, order[_expand_ranges(level0.lo[nodes[at_first]], level0.hi[nodes[at_first]])])
+                set_mask_bits(first, trie.order[_expand_ranges(level0.lo[nodes[at_first]], level0.hi[nodes[at_first]])])
             boundaries.append((state, first, depths[~at_first], nodes[~at_first]))
         lex_class = _LexClass(inside, tuple(boundaries))
-        self._lex_classes[lexer_state] = lex_class
+        self._lex_classes[(part, lexer_state)] = lex_class
         return lex_class
 
-    def _trie_walk(self, depths: np.ndarray, nodes: np.ndarray, lexer_state: int) -> tuple[np.ndarray, Crossings]:
-        """Walk the tokens under trie ``nodes`` (at ``depths``) through the
-        lexer from ``lexer_state``, from each node's own byte on, one depth per
-        round (a prefix shared by many tokens is stepped once).
+    def _trie_walk(
+        self, part: int, depths: np.ndarray, nodes: np.ndarray, lexer_state: int
+    ) -> tuple[np.ndarray, Crossings]:
+        """Walk the tokens under ``nodes`` (at ``depths``) of trie ``part``
+        through the lexer from ``lexer_state``, from each node's own byte on,
+        one depth per round (a prefix shared by many tokens is stepped once).
 
         Returns the tokens that end inside the lexeme, and per lexer state
         where the lexeme had to end (a complete lexeme), the nodes whose byte
         crossed that boundary; the others are dead. A node whose byte kills
         the lexeme settles its whole subtree; a live node whose remaining
-        bytes all loop on its state settles its subtree as inside."""
-        lexer, trie = self._lexer, self.tokens.trie
+        bytes all loop on its state (up to equivalence: fewer bytes than the
+        trie's longest token remain, so states are stepped as their
+        representatives) settles its subtree as inside."""
+        lexer = self._lexer
+        trie, horizon = self._tries[part]
         inside: list[np.ndarray] = []
         crossed: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # depth, node, boundary state
         starts = {int(d): nodes[depths == d] for d in np.unique(depths).tolist()}
@@ -448,11 +483,9 @@ class CompiledGrammar:
                     crossed.append((np.full(int(ended.sum()), depth, dtype=np.int32), frontier[ended], before[ended]))
                 live = ~dead
                 frontier, after = frontier[live], after[live]
-            # fewer bytes than a token's remain, so an equivalent state does as well
-            # (and a counted string's copies collapse into one)
-            after = lexer.representatives(after)
+            after = horizon.representatives(after)
             lo, exact = level.lo[frontier], level.exact[frontier]
-            settled = ~(level.below[frontier] & ~lexer.loops[after]).any(axis=1)
+            settled = ~(level.below[frontier] & ~horizon.loops(after)).any(axis=1)
             inside.append(_expand_ranges(lo, np.where(settled, level.hi[frontier], lo + exact)))
             frontier, after = frontier[~settled], after[~settled]
             if depth + 1 == len(trie.levels):

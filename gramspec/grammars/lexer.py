@@ -28,14 +28,9 @@ Pairs = tuple[tuple[int, int], ...]
 class Lexer:
     """Interned lexer states with transition rows, shared by all matchers of a grammar."""
 
-    def __init__(self, terminals: Sequence[ByteDFA], *, horizon: int | None = None) -> None:
+    def __init__(self, terminals: Sequence[ByteDFA]) -> None:
         self.terminals = tuple(terminals)
-        #: Strings of at most this many bytes (the longest token) are all that
-        #: :meth:`representative` must keep apart; None: every state is its own.
-        self.horizon = horizon
-        self._horizon_classes: dict[int, Callable[[int], Hashable]] = {}
-        self._classes: dict[tuple[bool, tuple[tuple[int, Hashable], ...]], int] = {}
-        self._representative = np.full(64, -1, dtype=np.int32)  # -1: not looked up yet
+        self._horizons: dict[int, Horizon] = {}
         self._lock = threading.RLock()
         self._ids: dict[tuple[bool, Pairs], int] = {}
         self.pairs: list[Pairs] = []
@@ -45,9 +40,6 @@ class Lexer:
         self._expanded = np.zeros(64, dtype=bool)
         self.has_exit = np.zeros(64, dtype=bool)  # some byte continues the lexeme
         self.has_accept = np.zeros(64, dtype=bool)  # some terminal is complete
-        # bit set of the bytes that lead back to the state, or (with a horizon)
-        # to one that :meth:`representative` equates with it
-        self.loops = np.zeros((64, 4), dtype=np.uint64)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -57,40 +49,13 @@ class Lexer:
         pairs = tuple((t, self.terminals[t].start) for t in sorted(terminals))
         return self._intern(True, pairs)
 
-    def representative(self, state: int) -> int:
-        """The first state seen that treats every string of at most
-        ``horizon`` bytes as ``state`` does (same live terminals' classes, see
-        :meth:`ByteDFA.horizon_classes`), so token classifications computed
-        for it hold for ``state`` too (up to which equivalent states the
-        lexemes end in, with the same terminals complete)."""
-        found = int(self._representative[state])
-        if found >= 0:
-            return found
-        if self.horizon is None:
-            found = state
-        else:
-            key = (self.fresh[state], tuple((t, self._horizon_class(t, s)) for t, s in self.pairs[state]))
+    def horizon(self, length: int) -> Horizon:
+        """The view of this lexer that equates states no string of at most ``length`` bytes tells apart."""
+        found = self._horizons.get(length)
+        if found is None:
             with self._lock:
-                found = self._classes.setdefault(key, state)
-        self._representative[state] = found
+                found = self._horizons.setdefault(length, Horizon(self, length))
         return found
-
-    def representatives(self, states: np.ndarray) -> np.ndarray:
-        """:meth:`representative` of each of ``states``."""
-        found = self._representative[states]
-        missing = found < 0
-        if missing.any():
-            for state in np.unique(states[missing]).tolist():
-                self.representative(state)
-            found = self._representative[states]
-        return found
-
-    def _horizon_class(self, terminal: int, state: int) -> Hashable:
-        classes = self._horizon_classes.get(terminal)
-        if classes is None:
-            assert self.horizon is not None
-            classes = self._horizon_classes[terminal] = self.terminals[terminal].horizon_classes(self.horizon)
-        return classes(state)
 
     def rows(self, states: np.ndarray) -> np.ndarray:
         """The transition table, with rows for ``states`` computed; index it by
@@ -127,8 +92,6 @@ class Lexer:
                 self._expanded = np.concatenate([self._expanded, np.zeros(grow, dtype=bool)])
                 self.has_exit = np.concatenate([self.has_exit, np.zeros(grow, dtype=bool)])
                 self.has_accept = np.concatenate([self.has_accept, np.zeros(grow, dtype=bool)])
-                self.loops = np.concatenate([self.loops, np.zeros((grow, 4), dtype=np.uint64)])
-                self._representative = np.concatenate([self._representative, np.full(grow, -1, dtype=np.int32)])
             self.pairs.append(pairs)
             self.fresh.append(fresh)
             self.accepts.append(
@@ -171,12 +134,83 @@ class Lexer:
                     row[live] = ids[inverse.reshape(-1)]
             self._rows[state] = row
             self.has_exit[state] = bool((row >= 0).any())
-            loop = row == state
-            if self.horizon is not None and self.has_exit[state]:
-                # a byte leading to an equivalent state loops for a token's
-                # purposes: every string of such bytes within the horizon is alive
+            self._expanded[state] = True
+
+
+class Horizon:
+    """Lexer states equated when no string of at most ``length`` bytes tells them apart.
+
+    Such states classify every token of at most ``length`` bytes alike (up to
+    which equivalent states the lexemes end in, with the same terminals
+    complete), so token classifications computed for a representative hold
+    for the whole class: the characters of a string with ``maxLength`` far
+    from its bounds are one class. Terminals label their states (see
+    :meth:`ByteDFA.horizon_classes`); a lexer state's class is its live
+    terminals' labels.
+    """
+
+    def __init__(self, lexer: Lexer, length: int) -> None:
+        self.lexer = lexer
+        self.length = length
+        self._lock = threading.RLock()
+        self._terminal_classes: dict[int, Callable[[int], Hashable]] = {}
+        self._classes: dict[tuple[bool, tuple[tuple[int, Hashable], ...]], int] = {}
+        self._representative = np.full(64, -1, dtype=np.int32)  # -1: not looked up yet
+        # bit set of the bytes leading to an equivalent state: every string of
+        # such bytes, up to ``length + 1`` of them, keeps the lexeme alive
+        self._loops = np.zeros((64, 4), dtype=np.uint64)
+        self._has_loops = np.zeros(64, dtype=bool)
+
+    def _grow(self, states: int) -> None:
+        if states > self._representative.shape[0]:
+            with self._lock:
+                size = self._representative.shape[0]
+                if states > size:
+                    grow = max(states, 2 * size) - size
+                    self._representative = np.concatenate([self._representative, np.full(grow, -1, dtype=np.int32)])
+                    self._loops = np.concatenate([self._loops, np.zeros((grow, 4), dtype=np.uint64)])
+                    self._has_loops = np.concatenate([self._has_loops, np.zeros(grow, dtype=bool)])
+
+    def representative(self, state: int) -> int:
+        """The first state seen in ``state``'s class."""
+        self._grow(len(self.lexer))
+        found = int(self._representative[state])
+        if found >= 0:
+            return found
+        lexer = self.lexer
+        key = (lexer.fresh[state], tuple((t, self._terminal_class(t, s)) for t, s in lexer.pairs[state]))
+        with self._lock:
+            found = self._classes.setdefault(key, state)
+        self._representative[state] = found
+        return found
+
+    def representatives(self, states: np.ndarray) -> np.ndarray:
+        """:meth:`representative` of each of ``states``."""
+        self._grow(len(self.lexer))
+        found = self._representative[states]
+        missing = found < 0
+        if missing.any():
+            for state in np.unique(states[missing]).tolist():
+                self.representative(state)
+            found = self._representative[states]
+        return found
+
+    def loops(self, states: np.ndarray) -> np.ndarray:
+        """The loop bit sets (``[n, 4]`` uint64) of ``states``."""
+        self._grow(len(self.lexer))
+        missing = ~self._has_loops[states]
+        if missing.any():
+            for state in np.unique(states[missing]).tolist():
+                row = self.lexer.row(state)
                 own = self.representative(state)
                 same = [s for s in np.unique(row[row >= 0]).tolist() if self.representative(s) == own]
-                loop = np.isin(row, same)
-            self.loops[state] = np.packbits(loop, bitorder="little").view(np.uint64)
-            self._expanded[state] = True
+                self._grow(len(self.lexer))
+                self._loops[state] = np.packbits(np.isin(row, same), bitorder="little").view(np.uint64)
+                self._has_loops[state] = True
+        return self._loops[states]
+
+    def _terminal_class(self, terminal: int, state: int) -> Hashable:
+        classes = self._terminal_classes.get(terminal)
+        if classes is None:
+            classes = self._terminal_classes[terminal] = self.lexer.terminals[terminal].horizon_classes(self.length)
+        return classes(state)
