@@ -49,6 +49,8 @@ DEFAULT_MASK_CACHE = 4096
 _MAX_FORCED_BYTES = 1024
 #: Tokens of up to this many bytes can be walked apart from longer ones.
 SHORT_TOKEN_BYTES = 16
+#: A trie walk left with at most this many prefixes, each a single token's, finishes them token by token.
+_SCALAR_TOKENS = 48
 _WALK_MEMO_LIMIT = 1 << 20
 
 
@@ -474,6 +476,11 @@ class CompiledGrammar:
                 if depth >= max(starts):
                     break
                 continue
+            if frontier.size <= _SCALAR_TOKENS and depth >= max(starts) and (level.hi[frontier] - level.lo[frontier] == 1).all():
+                # only a few tokens' own tails are left (long tokens): stepping them
+                # byte by byte costs less than numpy's per-call overhead per depth
+                self._finish_tokens(part, depth, frontier, before, inside, crossed)
+                break
             table = lexer.rows(before)
             after = table[before, level.byte[frontier]]
             dead = after < 0
@@ -504,6 +511,43 @@ class CompiledGrammar:
             ):
                 crossings[int(chunk_states[0])] = (chunk_depths, chunk_nodes)
         return inside_ids, crossings
+
+    def _finish_tokens(
+        self,
+        part: int,
+        depth: int,
+        nodes: np.ndarray,
+        states: np.ndarray,
+        inside: list[np.ndarray],
+        crossed: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    ) -> None:
+        """:meth:`_trie_walk` from ``depth`` on for ``nodes`` whose subtree is one
+        token each (the same rules, one byte at a time)."""
+        lexer = self._lexer
+        trie, horizon = self._tries[part]
+        token_bytes = self.vocab.token_bytes
+        ends: list[tuple[int, int, int]] = []
+        ended: list[int] = []
+        for node, state in zip(nodes.tolist(), states.tolist()):
+            position = int(trie.levels[depth].lo[node])
+            data = token_bytes[int(trie.order[position])]
+            d = depth
+            while True:
+                nxt = lexer.step(state, data[d])
+                if nxt < 0:
+                    if lexer.has_accept[state]:
+                        ends.append((d, node, state))
+                    break
+                state = horizon.representative(nxt)
+                if d + 1 == len(data):
+                    ended.append(position)
+                    break
+                node = int(trie.levels[d].child_lo[node])
+                d += 1
+        if ended:
+            inside.append(np.array(ended, dtype=np.int64))
+        if ends:
+            crossed.append(tuple(np.array(column, dtype=np.int32) for column in zip(*ends)))  # type: ignore[arg-type]
 
     # -- forced text ---------------------------------------------------------
 
