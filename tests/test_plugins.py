@@ -291,3 +291,18 @@ def test_sampled_frequencies_match_the_masked_distribution(opportunistic: bool) 
 
     leaky_stat, _ = chi_square(counts_for(_LeakyMask(compile_regex(REGEX, VOCAB, disk_cache=False))), probs)
     assert leaky_stat > chi_square_critical(df)  # the control: a wrong mask fails the same test
+
+
+@pytest.mark.parametrize("greedy", [True, False])
+@pytest.mark.parametrize("opportunistic", [True, False])
+def test_choose_with_no_finite_score_is_a_typed_error(greedy: bool, opportunistic: bool) -> None:
+    from gramspec.errors import MatcherError
+
+    pipeline = Pipeline([Temperature(0.9)], opportunistic=opportunistic)
+    generator = None if greedy else torch.Generator().manual_seed(0)
+    for bad in (torch.full((6,), -torch.inf), torch.tensor([0.0, float("nan"), 1.0])):
+        with pytest.raises(MatcherError, match="no token has a finite score"):
+            pipeline.choose(bad, generator=generator, greedy=greedy)
+    scores = torch.tensor([-torch.inf, 0.5, -torch.inf, 2.0])
+    assert pipeline.choose(scores, generator=generator, greedy=True) == 3
+    assert pipeline.choose(scores, generator=generator, greedy=greedy) in (1, 3)

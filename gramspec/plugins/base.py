@@ -12,6 +12,7 @@ No plugin modifies the scores it is given (only methods whose names end in
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -208,8 +209,7 @@ def _gumbel_like(scores: torch.Tensor, generator: torch.Generator | None) -> tor
 
 
 def _argmax(scores: torch.Tensor, noise: torch.Tensor | None) -> int:
-    if not bool(torch.isfinite(scores).any()):
-        raise MatcherError("every token has -inf score: no token can come next")
-    if noise is None:
-        return int(torch.argmax(scores))
-    return int(torch.argmax(scores.float() + noise))
+    index = int(torch.argmax(scores if noise is None else scores.float() + noise))
+    if not math.isfinite(float(scores[index])):  # the best is -inf (or NaN): no score is usable
+        raise MatcherError("no token has a finite score: no token can come next")
+    return index
