@@ -464,6 +464,7 @@ class CompiledGrammar:
         inside: list[np.ndarray] = []
         crossed: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # depth, node, boundary state
         starts = {int(d): nodes[depths == d] for d in np.unique(depths).tolist()}
+        last_start = max(starts, default=-1)
         frontier = np.zeros(0, dtype=np.int32)
         before = np.zeros(0, dtype=np.int32)
         for depth in range(min(starts, default=len(trie.levels)), len(trie.levels)):
@@ -473,10 +474,10 @@ class CompiledGrammar:
                 frontier = np.concatenate([frontier, started])
                 before = np.concatenate([before, np.full(started.size, lexer_state, dtype=np.int32)])
             if not frontier.size:
-                if depth >= max(starts):
+                if depth >= last_start:
                     break
                 continue
-            if frontier.size <= _SCALAR_TOKENS and depth >= max(starts) and (level.hi[frontier] - level.lo[frontier] == 1).all():
+            if frontier.size <= _SCALAR_TOKENS and depth >= last_start and (level.hi[frontier] - level.lo[frontier] == 1).all():
                 # only a few tokens' own tails are left (long tokens): stepping them
                 # byte by byte costs less than numpy's per-call overhead per depth
                 self._finish_tokens(part, depth, frontier, before, inside, crossed)

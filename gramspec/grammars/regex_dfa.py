@@ -93,37 +93,31 @@ def _horizon_labels(transitions: np.ndarray, accepting: np.ndarray, horizon: int
         return np.arange(n)
     rng = np.random.default_rng(0)
     # a state's own label, then its successors' by class of bytes (-1, dead, picks the appended -1)
-    columns = np.column_stack([np.arange(n), _distinct_columns(transitions, rng)])
-    weights = rng.integers(1, 1 << 62, size=columns.shape[1], dtype=np.int64) | 1
+    first, _ = _group_rows(transitions.T, rng)
+    columns = np.column_stack([np.arange(n), transitions[:, first]])
     labels = accepting.astype(np.int64)
     count = int(np.unique(labels).size)
     for _ in range(horizon):
-        signature = np.append(labels, -1)[columns]
-        # states are grouped by a hash of their signature (wrapping int64
-        # arithmetic), checked against the whole signature: a collision
-        # falls back to comparing rows
-        with np.errstate(over="ignore"):
-            hashes = signature @ weights
-        _, first, refined = np.unique(hashes, return_index=True, return_inverse=True)
-        refined = refined.reshape(-1)
-        if not (signature[first[refined]] == signature).all():
-            refined = np.unique(signature, axis=0, return_inverse=True)[1].reshape(-1)
-        labels = refined
+        _, labels = _group_rows(np.append(labels, -1)[columns], rng)
         if int(labels.max()) + 1 == count:  # refinement only splits: same count, same partition
             break
         count = int(labels.max()) + 1
     return labels
 
 
-def _distinct_columns(table: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The distinct columns of ``table`` (grouped by a hash, checked exactly)."""
-    weights = rng.integers(1, 1 << 62, size=table.shape[0], dtype=np.int64) | 1
+def _group_rows(rows: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Equal rows of an integer matrix: the first row of each group and each
+    row's group. Rows are grouped by a hash (wrapping int64 arithmetic) and
+    checked against the whole row: a collision falls back to comparing rows."""
+    weights = rng.integers(1, 1 << 62, size=rows.shape[1], dtype=np.int64) | 1
     with np.errstate(over="ignore"):
-        hashes = weights @ table.astype(np.int64)
+        hashes = rows.astype(np.int64) @ weights
     _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
-    if (table[:, first[inverse.reshape(-1)]] == table).all():
-        return table[:, first]
-    return np.unique(table, axis=1)
+    inverse = inverse.reshape(-1)
+    if not (rows[first[inverse]] == rows).all():
+        _, first, inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+        inverse = inverse.reshape(-1)
+    return first, inverse
 
 
 # Lark's common.lark writes ESCAPED_STRING with a lookbehind that interegular
