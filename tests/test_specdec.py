@@ -40,6 +40,7 @@ from gramspec.specdec import (
     GrammarForced,
     PromptLookup,
     TokenRecycling,
+    TreeBuilder,
     TrigramTable,
     available_drafters,
     decode,
@@ -53,6 +54,7 @@ from gramspec.specdec import (
 from gramspec.specdec import loop as loop_module
 from gramspec.specdec import verify as verify_module
 from gramspec.specdec.drafters import (
+    cached_forward,
     crop_cache,
     sample_siblings,
     sibling_rows,
@@ -315,19 +317,151 @@ def test_prompt_lookup_copies_what_followed_the_latest_match_within_the_grammar(
     lookup.propose(ctx, 4)
     assert ctx.matcher.num_tokens == before  # type: ignore[union-attr]
     assert lookup.propose(_context([6, 7]), 3).tokens == []  # no earlier occurrence
+    # the latest match of "1 2" lies two tokens back: the copy runs on into its own output
+    assert lookup.propose(_context([5, 1, 2, 1, 2]), 5).tokens == [1, 2, 1, 2, 1]
+    assert lookup.propose(_context([3, 3]), 4).tokens == [3, 3, 3, 3]
+    assert lookup.propose(_context([5, 1, 2, 1, 2]), 0).tokens == []
 
 
 def test_grammar_forced_tokens_and_chain_order(grammar: Any) -> None:
-    forced = GrammarForced()
+    forced = GrammarForced(branches=0)
     # after "ab" the grammar forces "c" (then EOS, which is a token of its own choice)
     ctx = _context([6, 0, 1], grammar, [0, 1])
     assert forced.propose(ctx, 4).tokens == [4]
+    assert GrammarForced().propose(ctx, 4).tokens == [4]  # nothing else may follow
     assert forced.propose(_context([6, 0], grammar, [0]), 4).tokens == []  # "b" or "c" may follow "a"
     chain = Chain([GrammarForced(), PromptLookup()])
     ctx = _context([6, 4, EOS, 6, 0, 1], grammar, [0, 1])
     # forced "c", then lookup of "c" in the context finds "c <eos>"
     assert chain.propose(ctx, 4).tokens == [4, EOS]
     assert ctx.matcher.num_tokens == 2  # type: ignore[union-attr]
+
+
+def _tree_paths(draft: Draft) -> list[list[int]]:
+    """Every root-to-node path of a draft, as tokens."""
+    paths: list[list[int]] = []
+    for i, token in enumerate(draft.tokens):
+        parent = draft.parent(i)
+        paths.append((paths[parent] if parent >= 0 else []) + [token])
+    return paths
+
+
+def _check_tree(draft: Draft, grammar: Any, before: bytes) -> list[bytes]:
+    """Asserts the tree is a deterministic draft inside the grammar; the texts of its paths."""
+    siblings = [(draft.parent(i), t) for i, t in enumerate(draft.tokens)]
+    assert len(set(siblings)) == len(siblings)  # siblings are distinct tokens
+    assert all(draft.parent(i) < i for i in range(len(draft)))
+    survival = draft.survival()
+    assert all(survival[i] <= (survival[draft.parent(i)] if draft.parent(i) >= 0 else 1.0) + 1e-12 for i in range(len(draft)))
+    texts = [before + b"".join(grammar.vocab.token_bytes[t] for t in path) for path in _tree_paths(draft)]
+    assert all(grammar.is_viable_prefix(text) for text in texts)
+    return texts
+
+
+def test_grammar_drafts_the_few_continuations_the_grammar_allows(grammar: Any) -> None:
+    # after "a", the language [ab]{1,2}c continues with "c", "ac" or "bc": all three are in the tree
+    draft = GrammarForced().propose(_context([6, 0], grammar, [0]), 16)
+    texts = _check_tree(draft, grammar, b"a")
+    assert draft.is_tree and {t for t in texts if grammar.accepts_bytes(t)} == {b"ac", b"aac", b"abc"}
+    # width 2 is narrower than the three bytes allowed after "a": nothing to propose
+    assert GrammarForced(width=2).propose(_context([6, 0], grammar, [0]), 16).tokens == []
+    # the size limit keeps the nodes most likely accepted, parents first
+    small = GrammarForced().propose(_context([6, 0], grammar, [0]), 2)
+    assert len(small) == 2 and _check_tree(small, grammar, b"a")
+
+
+JSON_TOKENS = [b"{", b'"', b'{"', b"name", b"na", b'":', b'":"', b":", b"x", b"y", b'"x', b'"}', b"}", b",", b"", b"age", b"1"]
+JSON_EOS = JSON_TOKENS.index(b"")
+
+
+def test_grammar_tree_holds_other_splits_of_the_forced_text() -> None:
+    vocab = Vocabulary.from_token_bytes(JSON_TOKENS, eos_token_ids=[JSON_EOS])
+    grammar = compile_regex(r'\{"name":"[xy]+"\}', vocab, disk_cache=False)
+    ids = {t: i for i, t in enumerate(JSON_TOKENS)}
+    matcher = grammar.matcher()
+    draft = GrammarForced().propose(DraftContext([ids[b"x"]], 1, matcher, greedy=True), 16)
+    paths = _tree_paths(draft)
+    _check_tree(draft, grammar, b"")
+    # the spine: longest match; beside it, the first token and the last one ended earlier
+    spine = [ids[b'{"'], ids[b"name"], ids[b'":"']]
+    assert draft.tokens[:3] == spine and draft.parents[:3] == [-1, 0, 1]  # type: ignore[index]
+    assert [ids[b"{"], ids[b'"'], ids[b"name"], ids[b'":"']] in paths
+    assert [ids[b'{"'], ids[b"name"], ids[b'":'], ids[b'"x']] not in paths  # "x" is the model's own choice
+    assert [ids[b'{"'], ids[b"name"], ids[b'":']] in paths
+    assert matcher.num_tokens == 0
+    # the chain continues after the spine, so lookup may finish the value
+    chain = Chain([GrammarForced(), PromptLookup()])
+    ctx = DraftContext([ids[b"x"], *spine, ids[b"x"], ids[b'"}'], ids[b"x"]], 1, grammar.matcher(), greedy=True)
+    tokens = chain.propose(ctx, 16)
+    assert tokens.tokens[:5] == [*spine, ids[b"x"], ids[b'"}']] and tokens.parents[:5] == [-1, 0, 1, 2, 3]  # type: ignore[index]
+    _check_tree(tokens, grammar, b"")
+
+
+def test_grammar_tree_enumerates_object_keys() -> None:
+    from gramspec.grammars.json_schema import compile_json_schema
+
+    vocab = Vocabulary.from_token_bytes(JSON_TOKENS, eos_token_ids=[JSON_EOS])
+    schema = {"type": "object", "properties": {"name": {"enum": ["x", "y"]}, "age": {"const": 1}}, "additionalProperties": False}
+    grammar = compile_json_schema(schema, vocab)
+    matcher = grammar.matcher()
+    ids = {t: i for i, t in enumerate(JSON_TOKENS)}
+    draft = GrammarForced(branches=16, max_bytes=32).propose(DraftContext([ids[b"x"]], 1, matcher, greedy=True), 64)
+    texts = set(_check_tree(draft, grammar, b""))
+    # every key with its whole value, and the empty object
+    for text in (b'{"name":"x"', b'{"name":"y"', b'{"age":1', b"{}"):
+        assert any(t.startswith(text) for t in texts), text
+
+
+def test_tree_builder_merges_paths_and_keeps_the_best_nodes() -> None:
+    tree = TreeBuilder()
+    tree.add(-1, [1, 2, 3], [0.9, 0.8, 0.7])
+    tree.add(-1, [1, 4], [0.5, 0.45])  # merges with the first node, whose survival stays 0.9
+    tree.add(-1, [5], [0.85])
+    draft = tree.draft(10)
+    assert draft.tokens == [1, 5, 2, 3, 4] and draft.parents == [-1, -1, 0, 2, 0]
+    assert draft.survival() == pytest.approx([0.9, 0.85, 0.8, 0.7, 0.45])
+    assert tree.draft(2).tokens == [1, 5]
+    chain = tree.draft(3, first=[0, 1, 2])  # the chain 1 2 3 first, whatever the survivals
+    assert chain.tokens == [1, 2, 3] and chain.parents is None
+
+
+def test_accepted_path_finds_repeated_sampled_siblings() -> None:
+    # two sampled siblings drew token 1; only the second one's child is 2
+    draft = Draft([1, 1, 3, 2], None, [0.5] * 4, [-1, -1, 0, 1])
+    assert loop_module.accepted_path(draft, [1, 2]) == [1, 3]
+    assert loop_module.accepted_path(draft, [1, 3]) == [0, 2]
+    with pytest.raises(AssertionError):
+        loop_module.accepted_path(draft, [3])
+
+
+def test_keep_path_moves_the_accepted_nodes_cache(target: Any) -> None:
+    # a tree over the prompt: nodes 0 (a) and 1 (b) are siblings, 2 (c) is b's child; b c is accepted
+    tree = [0, 1, 4]
+    parents = [-1, -1, 1]
+    with torch.inference_mode():
+        cache = target(input_ids=torch.tensor([PROMPT]), use_cache=True).past_key_values
+        mask, positions = loop_module.tree_attention(len(PROMPT) - 1, 1, parents, torch.float32, torch.device("cpu"))
+        crop_cache(cache, len(PROMPT) - 1)
+        cache = target(input_ids=torch.tensor([[PROMPT[-1], *tree]]), attention_mask=mask, position_ids=positions,
+                       past_key_values=cache, use_cache=True).past_key_values
+        assert loop_module.keep_path(cache, len(PROMPT), [len(PROMPT) + 1, len(PROMPT) + 2])
+        crop_cache(cache, len(PROMPT) + 2)
+        assert cache.tokens == PROMPT + [1, 4]  # the toy cache holds the tokens read, laid out as keys
+    assert not loop_module.keep_path(object(), 0, [1])  # a cache of unknown layout: re-read instead
+
+
+def test_keep_path_on_a_transformers_cache() -> None:
+    model = tiny_llama(0)
+    tree, parents = [0, 1, 4], [-1, -1, 1]  # b c accepted, a rejected
+    with torch.inference_mode():
+        _, cache = cached_forward(model, torch.tensor([PROMPT[:-1]]), None)
+        mask, positions = loop_module.tree_attention(len(PROMPT) - 1, 1, parents, torch.float32, torch.device("cpu"))
+        _, cache = cached_forward(model, torch.tensor([[PROMPT[-1], *tree]]), cache, attention_mask=mask, position_ids=positions)
+        assert loop_module.keep_path(cache, len(PROMPT), [len(PROMPT) + 1, len(PROMPT) + 2])
+        crop_cache(cache, len(PROMPT) + 2)
+        after_tree, _ = cached_forward(model, torch.tensor([[2]]), cache)
+        after_chain, _ = cached_forward(model, torch.tensor([PROMPT + [1, 4, 2]]), None)
+    assert torch.allclose(after_tree[0, -1], after_chain[0, -1], atol=1e-5)
 
 
 def test_token_recycling_follows_the_successors_the_target_predicted() -> None:
@@ -577,7 +711,7 @@ def _reset(pipeline: Pipeline) -> Pipeline:
     return pipeline
 
 
-@pytest.mark.parametrize("sabotage", ["causal-mask", "keep-tree-cache"])
+@pytest.mark.parametrize("sabotage", ["causal-mask", "keep-tree-cache", "first-nodes-as-path"])
 def test_broken_tree_attention_fails_the_same_test(
     target: Any, tree_grammar: Any, tree_law: dict[tuple[int, ...], float], sabotage: str, monkeypatch: Any
 ) -> None:
@@ -586,9 +720,13 @@ def test_broken_tree_attention_fails_the_same_test(
         monkeypatch.setattr(loop_module, "tree_attention",
                             lambda cached, committed, parents, dtype, device: real(
                                 cached, committed, list(range(-1, len(parents) - 1)), dtype, device))
-    else:  # the cache keeps the first tree nodes as if they were the accepted path
+    elif sabotage == "keep-tree-cache":  # one cache entry too many survives the tree
         real_crop = loop_module.crop_cache
         monkeypatch.setattr(loop_module, "crop_cache", lambda cache, length: real_crop(cache, length + 1))
+    else:  # the cache keeps the first tree nodes as if they were the accepted path
+        real_keep = loop_module.keep_path
+        monkeypatch.setattr(loop_module, "keep_path",
+                            lambda cache, start, positions: real_keep(cache, start, [start + i for i in range(len(positions))]))
     counts, _ = sample_sequences(target, tree_grammar, WideTree(), SAMPLES, k=8, seed=5)
     ok, stat, df = check_law(counts, tree_law)
     assert not ok, (stat, df)

@@ -20,20 +20,42 @@ import numpy as np
 import torch
 
 
-class ToyCache:
-    """The tokens a :class:`ToyLM` has read."""
+class ToyCacheLayer:
+    """One layer of a :class:`ToyCache`: keys and values are the token ids read, shape ``(1, 1, T, 1)``."""
 
     def __init__(self) -> None:
-        self.tokens: list[int] = []
+        self.keys = torch.zeros(1, 1, 0, 1)
+        self.values = torch.zeros(1, 1, 0, 1)
+
+
+class ToyCache:
+    """The tokens a :class:`ToyLM` has read, laid out like a transformers KV cache
+    (``layers[0].keys``), so the decode loop's cache surgery applies to it as it
+    does to a real model's."""
+
+    def __init__(self) -> None:
+        self.layers = [ToyCacheLayer()]
+
+    @property
+    def tokens(self) -> list[int]:
+        return [int(t) for t in self.layers[0].keys[0, 0, :, 0].tolist()]
+
+    def extend(self, tokens: list[int]) -> None:
+        layer = self.layers[0]
+        new = torch.tensor(tokens, dtype=torch.float32).view(1, 1, -1, 1)
+        layer.keys = torch.cat([layer.keys, new], dim=2)
+        layer.values = torch.cat([layer.values, new], dim=2)
 
     def get_seq_length(self) -> int:
-        return len(self.tokens)
+        return self.layers[0].keys.shape[2]
 
     def crop(self, tokens_to_remove: int) -> None:  # transformers >= 5 signature: a negative count
         if tokens_to_remove > 0:
             raise ValueError(f"crop takes a negative count of tokens to remove, not {tokens_to_remove}")
         if tokens_to_remove:
-            del self.tokens[tokens_to_remove:]
+            layer = self.layers[0]
+            layer.keys = layer.keys[:, :, :tokens_to_remove]
+            layer.values = layer.values[:, :, :tokens_to_remove]
 
 
 class ToyLM(torch.nn.Module):
@@ -89,5 +111,5 @@ class ToyLM(torch.nn.Module):
                 past = [t for t, ok in zip(cached, allowed) if ok]
                 prefix = past + [t for t, ok in zip(inputs, allowed[len(cached) :]) if ok]
             rows.append(self.logits_after(tuple(prefix)))
-        cache.tokens.extend(inputs)
+        cache.extend(inputs)
         return SimpleNamespace(logits=torch.stack(rows)[None], past_key_values=cache)

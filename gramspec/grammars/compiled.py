@@ -245,6 +245,7 @@ class CompiledGrammar:
         self._mask_cache_size = mask_cache_size
         self._walks: dict[tuple[int, int, int], State | None] = {}
         self._forced: dict[State, bytes] = {}
+        self._next_bytes: dict[State, tuple[tuple[int, State], ...]] = {}
         p0 = self._parser.initial
         self.initial_state: State = self._normalize(p0, self._start_state(p0))
 
@@ -552,6 +553,16 @@ class CompiledGrammar:
 
     # -- forced text ---------------------------------------------------------
 
+    def next_bytes(self, state: State) -> tuple[tuple[int, State], ...]:
+        """The bytes that may come next from ``state``, each with the state after it."""
+        found = self._next_bytes.get(state)
+        if found is None:
+            found = tuple((b, nxt) for b in range(256) if (nxt := self.walk(state, bytes((b,)))) is not None)
+            if len(self._next_bytes) >= _WALK_MEMO_LIMIT >> 6:
+                self._next_bytes.clear()
+            self._next_bytes[state] = found
+        return found
+
     def forced_bytes(self, state: State) -> bytes:
         """The longest byte string the grammar allows no alternative to from ``state``."""
         found = self._forced.get(state)
@@ -560,7 +571,7 @@ class CompiledGrammar:
         out = bytearray()
         current = state
         while len(out) < _MAX_FORCED_BYTES and not self.is_accepting(current):
-            options = [(b, nxt) for b in range(256) if (nxt := self.walk(current, bytes((b,)))) is not None]
+            options = self.next_bytes(current)
             if len(options) != 1:
                 break
             out.append(options[0][0])
@@ -568,6 +579,25 @@ class CompiledGrammar:
         result = bytes(out)
         self._forced[state] = result
         return result
+
+    def segment(self, state: State, data: bytes) -> list[tuple[int, State]]:
+        """``data`` split into tokens by longest match, each token one the grammar takes
+        from where the previous one left it; with the state after each token. Stops
+        early at a place no such token starts."""
+        table = self.tokens
+        out: list[tuple[int, State]] = []
+        i = 0
+        while i < len(data):
+            for length in range(min(table.max_length, len(data) - i), 0, -1):
+                token_id = table.by_bytes.get(data[i : i + length])
+                if token_id is not None and (nxt := self.walk_token(state, token_id)) is not None:
+                    out.append((token_id, nxt))
+                    state = nxt
+                    i += length
+                    break
+            else:
+                break
+        return out
 
 
 def _expand_ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -699,23 +729,7 @@ class Matcher:
         last token that some longer token extends is left out (the model may
         rather merge it with what follows).
         """
-        data = self.forced_bytes()
-        tokens = self.grammar.tokens
-        out: list[int] = []
-        state = self.state
-        i = 0
-        while i < len(data):
-            for length in range(min(tokens.max_length, len(data) - i), 0, -1):
-                token_id = tokens.by_bytes.get(data[i : i + length])
-                if token_id is not None:
-                    nxt = self.grammar.walk_token(state, token_id)
-                    if nxt is not None:
-                        out.append(token_id)
-                        state = nxt
-                        i += length
-                        break
-            else:
-                break
-        if out and tokens.extends_further(self.grammar.vocab.token_bytes[out[-1]]):
+        out = [token for token, _ in self.grammar.segment(self.state, self.forced_bytes())]
+        if out and self.grammar.tokens.extends_further(self.grammar.vocab.token_bytes[out[-1]]):
             out.pop()
         return out

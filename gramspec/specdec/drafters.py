@@ -121,10 +121,12 @@ class Drafter:
     def propose(self, context: DraftContext, k: int) -> Draft:
         raise NotImplementedError
 
-    def observe(self, inputs: Sequence[int], logits: torch.Tensor | None, accepted: int) -> None:
+    def observe(self, inputs: Sequence[int], logits: torch.Tensor | None, accepted: int,
+                path: Sequence[int] | None = None) -> None:
         """After one verification: the target read ``inputs`` (the last committed token, then
         the draft) and produced ``logits`` (one row per input, when :attr:`wants_logits`);
-        the first ``accepted`` draft tokens were accepted."""
+        ``accepted`` draft tokens were accepted: the first ones of a chain, for a tree
+        the nodes ``path`` (indices into the draft, root first; None for a chain)."""
 
     def __repr__(self) -> str:
         return type(self).__name__ + "()"
@@ -176,26 +178,203 @@ def walk_allowed(matcher: Matcher | None, tokens: Sequence[int], eos_ids: frozen
 
 
 class GrammarForced(Drafter):
-    """The tokens the grammar leaves no choice about (JSON keys, punctuation): a lossless jump-forward."""
+    """What the grammar leaves no or little choice about: a lossless jump-forward.
+
+    The spine of the draft is the forced text (JSON keys, punctuation) split by longest
+    match (:meth:`~gramspec.grammars.compiled.Matcher.forced_tokens`). Around it, a
+    token tree holds what the model may do instead:
+
+    * where the forced text ends in a choice among few continuations (at most
+      ``width`` bytes at each step, at most ``branches`` strings in all, up to
+      ``max_bytes``: the next key, ``,`` or ``}``, an enum value), each of them;
+    * other splits of the same text: the model often ends a token earlier than the
+      longest match (``{`` then ``"name``, where the longest match is ``{"``; ``":``
+      then ``"2``, where it is ``":"``), so the first and the last token of each path
+      also get their longest shorter prefix, the rest of the text split after it.
+
+    A node's confidence is the spine's acceptance rate at its depth (learned online)
+    times a prior for the path: ``1 / n`` at a choice among ``n`` bytes, 0.3 for
+    another split. The drafter reads the grammar only, so its trees are cached per
+    grammar state. ``branches=0`` drafts the spine alone.
+    """
 
     name = "grammar"
+    #: prior of a path that splits the text otherwise than by longest match
+    SPLIT_PRIOR = 0.3
 
-    def __init__(self) -> None:
+    def __init__(self, branches: int = 8, width: int = 8, max_bytes: int = 64) -> None:
+        if branches < 0 or width < 1 or max_bytes < 1:
+            raise ValueError(f"need branches >= 0, width >= 1 and max_bytes >= 1, not {branches}, {width}, {max_bytes}")
+        self.branches, self.width, self.max_bytes = branches, width, max_bytes
         self.rate = AcceptanceRate(prior=0.9)
+        self._paths: dict[tuple[Any, Any], list[tuple[list[int], list[float]]]] = {}
 
     def propose(self, context: DraftContext, k: int) -> Draft:
-        if context.matcher is None or k <= 0:
+        matcher = context.matcher
+        if matcher is None or k <= 0 or matcher.is_terminated():
             return Draft()
-        tokens = context.matcher.forced_tokens()[:k]
-        return Draft(tokens, None, self.rate.current(len(tokens)))
+        spine = matcher.forced_tokens()[:k]
+        if not self.branches:
+            return Draft(spine, None, self.rate.current(len(spine)))
+        key = (matcher.grammar, matcher.state)
+        paths = self._paths.get(key)
+        if paths is None:
+            if len(self._paths) >= 4096:
+                self._paths.clear()
+            paths = self._paths[key] = self._tree_paths(matcher)
+        rates = self.rate.current(max([len(spine), *(len(p) for p, _ in paths)]))
+        tree = TreeBuilder()
+        line = tree.add(-1, spine, _running_product(rates[: len(spine)]))
+        for tokens, priors in paths:
+            tree.add(-1, tokens, [prior * r for prior, r in zip(priors, _running_product(rates[: len(tokens)]))])
+        return tree.draft(k, first=line)
 
-    def observe(self, inputs: Sequence[int], logits: torch.Tensor | None, accepted: int) -> None:
-        self.rate.update(len(inputs) - 1, accepted)
+    def _tree_paths(self, matcher: Matcher) -> list[tuple[list[int], list[float]]]:
+        """Token paths around the spine, each token with its path prior (see the class doc)."""
+        grammar, state = matcher.grammar, matcher.state
+        forced = matcher.forced_bytes()
+        after = grammar.walk(state, forced) if forced else state
+        texts: list[tuple[bytes, float]] = [(forced, 1.0)] if forced else []
+        if after is not None:
+            texts += [(forced + tail, prior) for tail, prior in self._choices(grammar, after)]
+        out: list[tuple[list[int], list[float]]] = []
+        for text, prior in texts:
+            split = grammar.segment(state, text)
+            if not split:
+                continue
+            out.append(self._with_priors(grammar, split, len(forced), prior))
+            for j in {0, max(0, len(split) - 1)}:  # the first and the last token split earlier
+                token, before = split[j][0], split[j - 1][1] if j else state
+                data = grammar.vocab.token_bytes[token]
+                start = sum(len(grammar.vocab.token_bytes[t]) for t, _ in split[:j])
+                shorter = next((u for n in range(len(data) - 1, 0, -1)
+                                if (u := grammar.tokens.by_bytes.get(data[:n])) is not None
+                                and grammar.walk_token(before, u) is not None), None)
+                if shorter is None:
+                    continue
+                rest = grammar.segment(grammar.walk_token(before, shorter), text[start + len(grammar.vocab.token_bytes[shorter]):])  # type: ignore[arg-type]
+                tokens, priors = self._with_priors(grammar, [*split[:j], (shorter, before), *rest], len(forced), prior)
+                out.append((tokens, [p * (self.SPLIT_PRIOR if i >= j else 1.0) for i, p in enumerate(priors)]))
+        return out
+
+    @staticmethod
+    def _with_priors(grammar: Any, split: list[tuple[int, Any]], forced: int, prior: float) -> tuple[list[int], list[float]]:
+        """A path's tokens, with prior 1 for those inside the forced text and ``prior`` after."""
+        tokens, priors, end = [], [], 0
+        for token, _ in split:
+            end += len(grammar.vocab.token_bytes[token])
+            tokens.append(token)
+            priors.append(1.0 if end <= forced else prior)
+        return tokens, priors
+
+    def _choices(self, grammar: Any, state: Any) -> list[tuple[bytes, float]]:
+        """The strings the grammar allows from ``state`` while each step offers at most
+        ``width`` bytes (at most ``branches`` strings, ``max_bytes`` long), each with
+        the product of ``1 / options`` along it. A string stops where more bytes are
+        allowed (a free value starts) or none (the end)."""
+        out: list[tuple[bytes, float]] = []
+        queue: list[tuple[bytes, Any, float]] = [(b"", state, 1.0)]
+        while queue:
+            text, current, prior = queue.pop(0)
+            options = grammar.next_bytes(current)
+            if (not options or len(options) > self.width or len(text) >= self.max_bytes
+                    or len(out) + len(queue) + len(options) > self.branches):
+                if text:
+                    out.append((text, prior))
+                continue
+            queue += [(text + bytes((b,)), nxt, prior / len(options)) for b, nxt in options]
+        return out
+
+    def observe(self, inputs: Sequence[int], logits: torch.Tensor | None, accepted: int,
+                path: Sequence[int] | None = None) -> None:
+        # the rates are the spine's: its nodes come first, so a path that leaves it ends the count
+        on_spine = accepted if path is None else next((i for i, node in enumerate(path) if node != i), len(path))
+        self.rate.update(len(inputs) - 1, on_spine)
+
+
+def _running_product(values: Sequence[float]) -> list[float]:
+    out, product = [], 1.0
+    for v in values:
+        product *= v
+        out.append(product)
+    return out
+
+
+class TreeBuilder:
+    """Deterministic token paths merged into one tree (siblings are distinct tokens),
+    each node with its survival: its predicted chance of acceptance, the highest of the
+    paths through it (a path's survivals must not increase along it)."""
+
+    def __init__(self) -> None:
+        self.tokens: list[int] = []
+        self.parents: list[int] = []
+        self.survival: list[float] = []
+        self._child: dict[tuple[int, int], int] = {}
+        self.place: dict[int, int] = {}
+
+    def add(self, parent: int, tokens: Sequence[int], survival: Sequence[float]) -> list[int]:
+        """Hang the path ``tokens`` under node ``parent`` (-1: the root); its nodes."""
+        nodes = []
+        for token, value in zip(tokens, survival):
+            node = self._child.get((parent, token))
+            if node is None:
+                node = self._child[(parent, token)] = len(self.tokens)
+                self.tokens.append(token)
+                self.parents.append(parent)
+                self.survival.append(value)
+            else:
+                self.survival[node] = max(self.survival[node], value)
+            nodes.append(node)
+            parent = node
+        return nodes
+
+    def graft(self, parent: int, draft: Draft, scale: float | None = None) -> list[int]:
+        """Hang a deterministic ``draft`` under node ``parent``, its survivals times
+        ``scale`` (default: the parent's survival); its nodes, in its order."""
+        if scale is None:
+            scale = self.survival[parent] if parent >= 0 else 1.0
+        nodes: list[int] = []
+        for i, (token, value) in enumerate(zip(draft.tokens, draft.survival())):
+            above = draft.parent(i)
+            nodes += self.add(parent if above < 0 else nodes[above], [token], [scale * value])
+        return nodes
+
+    def draft(self, k: int, first: Sequence[int] = ()) -> Draft:
+        """The ``k`` nodes most likely accepted, best first (a node's parent comes before
+        it), with confidences ``survival / survival of the parent``; the nodes ``first``
+        (a chain from the root) are kept first, in order. :attr:`place` maps the nodes
+        kept to their index in the draft."""
+        chosen = set(first)
+        order = list(first) + sorted((i for i in range(len(self.tokens)) if i not in chosen),
+                                     key=lambda i: (-self.survival[i], i))
+        place: dict[int, int] = {}
+        self.place = place
+        tokens: list[int] = []
+        parents: list[int] = []
+        confidence: list[float] = []
+        for node in order:
+            if len(tokens) >= k:
+                break
+            parent = self.parents[node]
+            if parent >= 0 and parent not in place:
+                continue  # its parent was cut
+            tokens.append(self.tokens[node])
+            parents.append(place[parent] if parent >= 0 else -1)
+            above = self.survival[parent] if parent >= 0 else 1.0
+            confidence.append(min(1.0, self.survival[node] / above) if above > 0 else 0.0)
+            place[node] = len(tokens) - 1
+        chain = all(p == i - 1 for i, p in enumerate(parents))
+        return Draft(tokens, None, confidence, None if chain else parents)
 
 
 class PromptLookup(Drafter):
     """n-gram lookup in the context: find the latest earlier occurrence of the last
-    ``n`` tokens (``n`` from ``max_ngram`` down to ``min_ngram``) and propose what followed it."""
+    ``n`` tokens (``n`` from ``max_ngram`` down to ``min_ngram``) and propose what followed it.
+
+    The copy may run into its own output, as an LZ77 match does: when the match lies
+    ``p`` tokens back, the draft repeats the last ``p`` tokens for as long as ``k``
+    allows (a list of repeated items, a loop), not just up to the context's end.
+    """
 
     name = "ngram"
 
@@ -207,6 +386,8 @@ class PromptLookup(Drafter):
         self.rate = AcceptanceRate()
 
     def propose(self, context: DraftContext, k: int) -> Draft:
+        if k <= 0:
+            return Draft()
         tokens = np.asarray(context.tokens, dtype=np.int64)
         length = len(tokens)
         for n in range(min(self.max_ngram, length - 1), self.min_ngram - 1, -1):
@@ -215,15 +396,15 @@ class PromptLookup(Drafter):
             windows = np.lib.stride_tricks.sliding_window_view(tokens[: length - 1], n)
             hits = np.flatnonzero((windows == tail).all(axis=1))
             for start in hits[::-1]:
-                follow = tokens[start + n : start + n + k].tolist()
-                if not follow:
-                    continue
+                period = length - n - int(start)  # how far back the match lies (>= 1)
+                follow = tokens[length - period + np.arange(k) % period].tolist()
                 take = walk_allowed(context.matcher, follow, context.eos_ids)
                 if take:
                     return Draft(follow[:take], None, self.rate.current(take))
         return Draft()
 
-    def observe(self, inputs: Sequence[int], logits: torch.Tensor | None, accepted: int) -> None:
+    def observe(self, inputs: Sequence[int], logits: torch.Tensor | None, accepted: int,
+                path: Sequence[int] | None = None) -> None:
         self.rate.update(len(inputs) - 1, accepted)
 
 
@@ -334,7 +515,8 @@ class TokenRecycling(Drafter):
                 break
             node, depth = hit, depth + 1
 
-    def observe(self, inputs: Sequence[int], logits: torch.Tensor | None, accepted: int) -> None:
+    def observe(self, inputs: Sequence[int], logits: torch.Tensor | None, accepted: int,
+                path: Sequence[int] | None = None) -> None:
         self._verified = len(inputs) - 1
         if logits is None:
             return
@@ -399,7 +581,8 @@ class TrigramTable(Drafter):
         take = walk_allowed(context.matcher, out, context.eos_ids)
         return Draft(out[:take], None, self.rate.current(take))
 
-    def observe(self, inputs: Sequence[int], logits: torch.Tensor | None, accepted: int) -> None:
+    def observe(self, inputs: Sequence[int], logits: torch.Tensor | None, accepted: int,
+                path: Sequence[int] | None = None) -> None:
         self.rate.update(len(inputs) - 1, accepted)
         if logits is None:
             return
@@ -675,8 +858,12 @@ def _shallow_copy(model: Any, keep: Sequence[int]) -> Any:
 class Chain(Drafter):
     """Several drafters in turn: each continues the draft where the previous one stopped.
 
-    Deterministic sources only after the first stochastic one would mix laws, so
-    a stochastic draft (one with ``q``) ends the chain.
+    A deterministic tree part is merged in whole (siblings stay distinct tokens) and
+    the next source continues after its first chain (nodes 0, 1, ... while each is
+    the previous one's child: :class:`GrammarForced`'s spine). The result holds the
+    ``k`` nodes with the best predicted survival, the sources' chains first.
+    Deterministic sources only after the first stochastic one would mix laws, so a
+    stochastic draft (one with ``q``) ends the chain, hung after the chains so far.
     """
 
     def __init__(self, drafters: Sequence[Drafter]) -> None:
@@ -685,51 +872,77 @@ class Chain(Drafter):
         self.drafters = tuple(drafters)
         self.name = "+".join(d.name for d in self.drafters)
         self.wants_logits = any(d.wants_logits for d in self.drafters)
-        self._last: list[int] = []  # tokens each drafter contributed to the last draft
+        #: per source of the last draft: the draft index it hung from (-1: the root) and
+        #: the indices of its chain's nodes
+        self._parts: list[tuple[int, list[int]]] = []
 
     def reset(self, prompt: Sequence[int]) -> None:
         for drafter in self.drafters:
             drafter.reset(prompt)
 
     def propose(self, context: DraftContext, k: int) -> Draft:
-        draft = Draft()
-        self._last = []
+        tree = TreeBuilder()
+        line: list[int] = []  # the sources' chains, one after the other, as tree nodes
+        parts: list[tuple[int, list[int]]] = []
         matcher = context.matcher
         advanced = 0
         try:
             for drafter in self.drafters:
-                if len(draft) >= k or (draft.tokens and draft.tokens[-1] in context.eos_ids):
-                    self._last.append(0)
+                anchor = line[-1] if line else -1
+                tokens = [tree.tokens[node] for node in line]
+                if len(line) >= k or (tokens and tokens[-1] in context.eos_ids):
+                    parts.append((anchor, []))
                     continue
-                sub = dataclasses.replace(context, tokens=list(context.tokens) + draft.tokens)
-                part = drafter.propose(sub, k - len(draft))
-                self._last.append(len(part))
-                if part.q is not None or part.parents is not None:  # a stochastic part or a tree ends the chain
-                    return _continue(draft, part)
-                draft = Draft(draft.tokens + part.tokens, None, draft.confidence + part.confidence)
+                sub = dataclasses.replace(context, tokens=list(context.tokens) + tokens)
+                part = drafter.propose(sub, k - len(line))
+                if part.q is not None:  # stochastic: hung after the chains, other branches dropped
+                    head = tree.draft(len(line), first=line)
+                    self._parts = [(a if a < 0 else line.index(a), [line.index(n) for n in nodes]) for a, nodes in parts]
+                    self._parts.append((len(line) - 1, [len(line) + i for i in range(_chain_length(part))]))
+                    return _continue(head, part)
+                nodes = tree.graft(anchor, part)
+                chain = nodes[: _chain_length(part)]
+                parts.append((anchor, chain))
+                line += chain
                 if matcher is not None:
-                    for token in part.tokens:
-                        if not matcher.advance(token):
-                            raise AssertionError(f"drafter {drafter!r} proposed token {token} outside the grammar")
+                    for node in chain:
+                        if not matcher.advance(tree.tokens[node]):
+                            raise AssertionError(f"drafter {drafter!r} proposed token {tree.tokens[node]} outside the grammar")
                         advanced += 1
+            draft = tree.draft(k, first=line)
+            self._parts = [(tree.place.get(a, -2) if a >= 0 else -1, [tree.place[n] for n in nodes if n in tree.place])
+                           for a, nodes in parts]
             return draft
         finally:
             if matcher is not None and advanced:
                 matcher.rollback(advanced)
 
-    def observe(self, inputs: Sequence[int], logits: torch.Tensor | None, accepted: int) -> None:
-        # each source is told about its own slice of the draft
-        start = 0
-        for drafter, n in zip(self.drafters, self._last + [0] * (len(self.drafters) - len(self._last))):
-            reached = accepted >= start  # the verifier got to this drafter's first token
-            end = start + (n if reached else 0) + 1  # an unreached slice was not tested: not counted
-            rows = None if logits is None else logits[start:end]
-            if (n and reached) or drafter.wants_logits:
-                drafter.observe(inputs[start:end], rows, max(0, min(accepted - start, n)))
-            start += n
+    def observe(self, inputs: Sequence[int], logits: torch.Tensor | None, accepted: int,
+                path: Sequence[int] | None = None) -> None:
+        # each source is told about its own chain, as a chain: the token it hung from, then its nodes
+        taken = set(range(accepted) if path is None else path)
+        size = len(inputs) - 1  # the draft may have been cut after it was proposed
+        for drafter, (anchor, nodes) in zip(self.drafters, self._parts):
+            if anchor < -1 or anchor >= size:
+                continue  # hung from a node that was cut: never verified
+            nodes = [node for node in nodes if node < size]
+            reached = anchor == -1 or anchor in taken  # the verifier got to this source's first token
+            rows_at = [anchor + 1] + ([i + 1 for i in nodes] if reached else [])  # unreached: not tested
+            hits = next((i for i, node in enumerate(nodes) if node not in taken), len(nodes)) if reached else 0
+            if (nodes and reached) or drafter.wants_logits:
+                rows = None if logits is None else logits[rows_at]
+                drafter.observe([inputs[i] for i in rows_at], rows, hits)
 
     def __repr__(self) -> str:
         return f"Chain({', '.join(map(repr, self.drafters))})"
+
+
+def _chain_length(draft: Draft) -> int:
+    """How many of ``draft``'s first nodes form a chain from the root."""
+    n = 0
+    while n < len(draft) and draft.parent(n) == n - 1:
+        n += 1
+    return n
 
 
 def _continue(head: Draft, tail: Draft) -> Draft:

@@ -15,7 +15,7 @@ import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -118,11 +118,13 @@ class DraftLength:
         # a token's survival: the chance it is accepted (the product of the confidences on
         # its path); a draft's first n tokens are a chain's prefix or a subtree
         survival = draft.survival()[: self.max_tokens]
-        keep = 0
-        for survive in survival:
-            if keep and 1 - survive > self.threshold:
-                break
-            keep += 1
+        keep = len(survival)
+        if not draft.is_tree:  # in a tree some node is always rejected: the threshold means nothing there
+            keep = 0
+            for survive in survival:
+                if keep and 1 - survive > self.threshold:
+                    break
+                keep += 1
         if self.goodput and cost is not None:
             best, best_rate, expected = 0, 1.0 / cost.estimate(1), 1.0
             for n, survive in enumerate(survival[:keep], start=1):
@@ -254,15 +256,20 @@ def decode(
                     stats.first_token_seconds = time.perf_counter() - start
 
                 accepted = len(emitted) - 1
+                path = accepted_path(draft, emitted[:accepted]) if tree is not None else None
                 stats.drafted += len(draft)
                 stats.accepted += accepted
                 if drafter is not None and (len(draft) or drafter.wants_logits):
                     rows = logits.detach() if drafter.wants_logits else None
-                    drafter.observe([sequence[-1], *draft.tokens], rows, accepted)
+                    drafter.observe([sequence[-1], *draft.tokens], rows, accepted, path)
 
                 # a chain's accepted tokens sit right after the committed ones in the cache; a
-                # tree's accepted path does not: keep the committed tokens, re-read the path
-                fed = len(sequence) + (0 if tree is not None else accepted)
+                # tree's accepted path is moved there (or, in a cache of unknown layout, re-read)
+                fed = len(sequence)
+                if path is None:
+                    fed += accepted
+                elif keep_path(cache, fed, [fed + i for i in path]):
+                    fed += len(path)
                 crop_cache(cache, fed)
                 for token in emitted:
                     sequence.append(token)
@@ -280,6 +287,46 @@ def decode(
         stats.seconds += time.perf_counter() - start
     pipeline.finish()
     return DecodeOutput(generated, finish, stats)
+
+
+def accepted_path(draft: Draft, accepted: Sequence[int]) -> list[int]:
+    """Nodes of ``draft`` that spell ``accepted`` from the root. Siblings are distinct in
+    a deterministic draft; sampled ones may repeat a token, and then any path spelling
+    it will do for the cache (a node's keys and values depend only on its path's tokens)."""
+
+    def extend(path: list[int]) -> list[int] | None:
+        if len(path) == len(accepted):
+            return path
+        parent = path[-1] if path else -1
+        for i in range(parent + 1, len(draft)):
+            if draft.parent(i) == parent and draft.tokens[i] == accepted[len(path)]:
+                found = extend([*path, i])
+                if found is not None:
+                    return found
+        return None
+
+    path = extend([])
+    if path is None:
+        raise AssertionError(f"the accepted tokens {list(accepted)} are not a path of the draft")
+    return path
+
+
+def keep_path(cache: Any, start: int, positions: Sequence[int]) -> bool:
+    """Move the cache entries at ``positions`` (increasing, all >= ``start``) to ``start``,
+    ``start + 1``, ...: a tree's accepted path after the committed tokens. False, with
+    nothing changed, for a cache whose layers are not plain key/value tensors."""
+    layers = getattr(cache, "layers", None)
+    if not layers or not all(isinstance(getattr(layer, "keys", None), torch.Tensor)
+                             and isinstance(getattr(layer, "values", None), torch.Tensor) for layer in layers):
+        return False
+    if not positions:
+        return True
+    n = len(positions)
+    for layer in layers:
+        index = torch.tensor(positions, dtype=torch.long, device=layer.keys.device)
+        layer.keys[..., start : start + n, :] = layer.keys.index_select(-2, index)
+        layer.values[..., start : start + n, :] = layer.values.index_select(-2, index)
+    return True
 
 
 def tree_attention(
