@@ -261,6 +261,17 @@ def test_goodput_rule_drafts_only_what_pays_for_its_forward() -> None:
     assert rule.cut(weak, cost).tokens == []  # 1.43 expected tokens for 2.0 s: plain decoding is better
     assert rule.cut(strong, cost).tokens == [1, 2, 3, 4]  # 4.5 tokens for 2.0 s
     assert rule.cut(weak).tokens == [1, 2, 3, 4]  # without costs only the threshold rule applies
+    # with a cost curve the goodput rule decides alone: survival 0.95, 0.90, 0.86 passes a
+    # threshold of 0.1 at the third token, yet four tokens for the price of one forward of 5 pay
+    strict = DraftLength(max_tokens=8, adaptive=True, threshold=0.1)
+    assert strict.cut(strong).tokens == [1, 2]
+    assert strict.cut(strong, cost).tokens == [1, 2, 3, 4]
+    # a tree is cut by node survival: the weak sibling is not worth a longer forward
+    tree = Draft([1, 2, 3], None, [0.95, 0.9, 0.05], [-1, 0, -1])
+    flat = ForwardCost()
+    for tokens, seconds in ((1, 1.0), (2, 1.1), (3, 1.2), (4, 2.0)):
+        flat.observe(tokens, seconds)
+    assert rule.cut(tree, flat).tokens == [1, 2]
 
 
 def test_acceptance_rates_are_kept_by_depth() -> None:
@@ -272,6 +283,10 @@ def test_acceptance_rates_are_kept_by_depth() -> None:
     rate.update(drafted=2, accepted=2)  # all accepted: the bonus token is not a depth of the draft
     assert rate.rates == [0.875, 0.875, 0.25, 0.5]
     assert rate.current(6) == [0.875, 0.875, 0.25, 0.5, 0.5, 0.5]  # deeper than tracked: the last depth's rate
+    runs = AcceptanceRate(prior=0.5, run_prior=0.8, relax=0.5, depth=3)
+    assert runs.current(3) == [0.5, 0.8, 0.8]  # once a run starts it tends to go on
+    runs.update(drafted=3, accepted=0)
+    assert runs.rates[0] == pytest.approx(0.45) and runs.current(1) == pytest.approx([0.475])  # relaxed toward 0.5
 
 
 def test_registry_builds_chains_and_reports_unknown_names(draft_model: Any) -> None:

@@ -137,15 +137,17 @@ class AcceptanceRate:
     ``rate[i]`` is the chance that token ``i`` is accepted once tokens ``0..i-1`` were.
 
     Acceptance comes in runs (a lookup that matches tends to match on), so later
-    depths usually accept more readily than the first; the product of the rates
-    predicts a draft's survival. Estimates are exponential moving averages, and
-    each proposal relaxes them a little toward the prior, so a drafter whose drafts
-    stopped being verified (the goodput rule found them not worth it) is tried again.
+    depths accept more readily than the first: their prior is ``run_prior``
+    (default: ``prior``). The product of the rates predicts a draft's survival.
+    Estimates are exponential moving averages, and each proposal relaxes them a
+    little toward their priors, so a drafter whose drafts stopped being verified
+    (the goodput rule found them not worth it) is tried again.
     """
 
-    def __init__(self, prior: float = 0.5, decay: float = 0.9, relax: float = 0.02, depth: int = 16) -> None:
-        self.prior = prior
-        self.rates = [prior] * depth
+    def __init__(self, prior: float = 0.5, decay: float = 0.9, relax: float = 0.02, depth: int = 16,
+                 run_prior: float | None = None) -> None:
+        self.priors = [prior] + [prior if run_prior is None else run_prior] * (depth - 1)
+        self.rates = list(self.priors)
         self.decay = decay
         self.relax = relax
 
@@ -156,7 +158,7 @@ class AcceptanceRate:
 
     def current(self, n: int) -> list[float]:
         """Confidences for a new proposal of ``n`` tokens (relaxed toward the prior)."""
-        self.rates = [r + self.relax * (self.prior - r) for r in self.rates]
+        self.rates = [r + self.relax * (p - r) for r, p in zip(self.rates, self.priors)]
         return [self.rates[min(i, len(self.rates) - 1)] for i in range(n)]
 
 
@@ -374,6 +376,10 @@ class PromptLookup(Drafter):
     The copy may run into its own output, as an LZ77 match does: when the match lies
     ``p`` tokens back, the draft repeats the last ``p`` tokens for as long as ``k``
     allows (a list of repeated items, a loop), not just up to the context's end.
+
+    Acceptance is estimated per match length: a match of the last three tokens
+    predicts far better than one of the last token alone, so the adaptive draft
+    length keeps the first and often drops the second.
     """
 
     name = "ngram"
@@ -383,7 +389,8 @@ class PromptLookup(Drafter):
             raise ValueError(f"need 1 <= min_ngram <= max_ngram, got {min_ngram} and {max_ngram}")
         self.max_ngram = max_ngram
         self.min_ngram = min_ngram
-        self.rate = AcceptanceRate()
+        self.rates = {n: AcceptanceRate(run_prior=0.8) for n in range(min_ngram, max_ngram + 1)}
+        self._matched = min_ngram  # the match length of the last proposal
 
     def propose(self, context: DraftContext, k: int) -> Draft:
         if k <= 0:
@@ -400,12 +407,13 @@ class PromptLookup(Drafter):
                 follow = tokens[length - period + np.arange(k) % period].tolist()
                 take = walk_allowed(context.matcher, follow, context.eos_ids)
                 if take:
-                    return Draft(follow[:take], None, self.rate.current(take))
+                    self._matched = n
+                    return Draft(follow[:take], None, self.rates[n].current(take))
         return Draft()
 
     def observe(self, inputs: Sequence[int], logits: torch.Tensor | None, accepted: int,
                 path: Sequence[int] | None = None) -> None:
-        self.rate.update(len(inputs) - 1, accepted)
+        self.rates[self._matched].update(len(inputs) - 1, accepted)
 
 
 class TokenRecycling(Drafter):

@@ -78,16 +78,20 @@ class DraftLength:
 
     Fixed (``adaptive=False``): up to ``max_tokens``. Adaptive: the drafter proposes
     up to ``max_tokens``, each token with a confidence (its predicted chance of
-    acceptance), and two rules cut the draft:
+    acceptance), and one of two rules cuts the draft:
 
-    * SpecDec++'s threshold rule (Huang et al. 2024): stop before the position where
-      the predicted chance that some draft token is rejected, ``1 - prod(confidence)``,
-      passes ``threshold``;
-    * a goodput rule: keep the length ``n`` that maximizes expected tokens per second,
+    * a goodput rule (``goodput=True``, the default, once the loop knows the target's
+      cost curve): keep the length ``n`` that maximizes expected tokens per second,
       ``(1 + sum_i prod_{j<=i} confidence_j) / cost(n + 1)``, with ``cost`` the target's
       measured forward time for ``n + 1`` input tokens (on a CPU a forward over a few
       tokens costs well over one token's, so weak drafts are not worth verifying; with
-      ``n = 0`` the step is plain decoding).
+      ``n = 0`` the step is plain decoding). For a tree, the sum runs over nodes, each
+      with the product of the confidences on its path;
+    * otherwise SpecDec++'s threshold rule (Huang et al. 2024): stop before the position
+      where the predicted chance that some draft token is rejected, ``1 - prod(confidence)``,
+      passes ``threshold`` (chains only: in a tree some node is always rejected). It
+      ignores what a forward costs: where a longer forward costs little more, it cuts
+      drafts that would pay (measured in docs/specdec.md), hence the goodput rule first.
 
     A stochastic draft (one with ``q``) is only cut to ``max_tokens``: its confidences
     are the draft's probabilities of the tokens it drew, and dropping a sampled token
@@ -118,6 +122,14 @@ class DraftLength:
         # a token's survival: the chance it is accepted (the product of the confidences on
         # its path); a draft's first n tokens are a chain's prefix or a subtree
         survival = draft.survival()[: self.max_tokens]
+        if self.goodput and cost is not None:
+            best, best_rate, expected = 0, 1.0 / cost.estimate(1), 1.0
+            for n, survive in enumerate(survival, start=1):
+                expected += survive
+                rate = expected / cost.estimate(n + 1)
+                if rate > best_rate:
+                    best, best_rate = n, rate
+            return draft.truncate(best)
         keep = len(survival)
         if not draft.is_tree:  # in a tree some node is always rejected: the threshold means nothing there
             keep = 0
@@ -125,14 +137,6 @@ class DraftLength:
                 if keep and 1 - survive > self.threshold:
                     break
                 keep += 1
-        if self.goodput and cost is not None:
-            best, best_rate, expected = 0, 1.0 / cost.estimate(1), 1.0
-            for n, survive in enumerate(survival[:keep], start=1):
-                expected += survive
-                rate = expected / cost.estimate(n + 1)
-                if rate > best_rate:
-                    best, best_rate = n, rate
-            keep = best
         return draft.truncate(keep)
 
 
