@@ -627,6 +627,8 @@ DRAFTERS: dict[str, Callable[[Any], Drafter]] = {
     "model-tree": lambda dm: DraftModel(dm, branching=2),
     "grammar+model": lambda dm: Chain([GrammarForced(), DraftModel(dm)]),
     "grammar+ngram": lambda dm: Chain([GrammarForced(), PromptLookup()]),
+    "grammar+recycling": lambda dm: Chain([GrammarForced(), TokenRecycling()]),  # a tree merged into a tree
+    "grammar+ngram+trigram": lambda dm: Chain([GrammarForced(), PromptLookup(), TrigramTable()]),
 }
 
 
