@@ -42,7 +42,7 @@ DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "bench_specdec.json"
 SUBSETS = ["Github_easy", "Glaiveai2K", "Snowplow", "Github_medium", "JME", "Synthesized"]
 JSON_CONFIGS = ["grammar:8", "ngram:6", "grammar+ngram:8", "grammar+ngram:16", "grammar+ngram:adaptive", "recycling:4",
                 "trigram:4", "grammar+trigram:8", "grammar+ngram+trigram:8"]
-FREE_CONFIGS = ["ngram:6", "recycling:4", "trigram:4"]
+FREE_CONFIGS = ["ngram:6", "ngram:adaptive", "recycling:4", "trigram:4"]
 SYSTEM = "You answer with one JSON value that follows this JSON Schema:\n{schema}"
 USER = "Give a realistic example instance."
 
