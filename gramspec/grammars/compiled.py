@@ -28,6 +28,7 @@ a string with ``maxLength`` far from its bounds, see ``lexer.Horizon``).
 from __future__ import annotations
 
 import bisect
+import itertools
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -52,6 +53,8 @@ SHORT_TOKEN_BYTES = 16
 #: A trie walk left with at most this many prefixes, each a single token's, finishes them token by token.
 _SCALAR_TOKENS = 48
 _WALK_MEMO_LIMIT = 1 << 20
+#: set_mask_bits sets up to this many ids one by one.
+_FEW_IDS = 256
 
 
 def mask_words(vocab_size: int) -> int:
@@ -68,7 +71,13 @@ def unpack_mask(words: np.ndarray, vocab_size: int) -> np.ndarray:
 def set_mask_bits(words: np.ndarray, ids: np.ndarray) -> None:
     """Set the bits of token ``ids`` in a packed int32 bitmask row, in place."""
     ids = np.asarray(ids, dtype=np.int64)
-    np.bitwise_or.at(words.view(np.uint32), ids >> 5, np.left_shift(np.uint32(1), (ids & 31).astype(np.uint32)))
+    if ids.size <= _FEW_IDS:
+        np.bitwise_or.at(words.view(np.uint32), ids >> 5, np.left_shift(np.uint32(1), (ids & 31).astype(np.uint32)))
+        return
+    # ufunc.at costs ~20 ns an id: many ids go through a bool row and one packbits
+    allowed = np.zeros(words.shape[0] * 32, dtype=bool)
+    allowed[ids] = True
+    words |= np.packbits(allowed, bitorder="little").view(np.int32)
 
 
 def pack_mask(allowed: np.ndarray) -> np.ndarray:
@@ -462,12 +471,20 @@ class CompiledGrammar:
         representatives) settles its subtree as inside."""
         lexer = self._lexer
         trie, horizon = self._tries[part]
-        inside: list[np.ndarray] = []
+        # ranges [lo, hi) of trie.order inside the lexeme, expanded once at the end
+        inside_lo: list[np.ndarray] = []
+        inside_hi: list[np.ndarray] = []
+        inside: list[np.ndarray] = []  # token positions finished one by one
         crossed: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # depth, node, boundary state
-        starts = {int(d): nodes[depths == d] for d in np.unique(depths).tolist()}
+        if depths.size and depths[0] == depths[-1] and (depths == depths[0]).all():
+            starts = {int(depths[0]): nodes}
+        else:
+            starts = {int(d): nodes[depths == d] for d in np.unique(depths).tolist()}
         last_start = max(starts, default=-1)
         frontier = np.zeros(0, dtype=np.int32)
         before = np.zeros(0, dtype=np.int32)
+        lexer.row(lexer_state)  # expanded: the first depth steps it
+        table = lexer.table
         for depth in range(min(starts, default=len(trie.levels)), len(trie.levels)):
             level = trie.levels[depth]
             started = starts.get(depth)
@@ -483,7 +500,6 @@ class CompiledGrammar:
                 # byte by byte costs less than numpy's per-call overhead per depth
                 self._finish_tokens(part, depth, frontier, before, inside, crossed)
                 break
-            table = lexer.rows(before)
             after = table[before, level.byte[frontier]]
             dead = after < 0
             if dead.any():
@@ -493,25 +509,29 @@ class CompiledGrammar:
                 live = ~dead
                 frontier, after = frontier[live], after[live]
             after = horizon.representatives(after)
-            lo, exact = level.lo[frontier], level.exact[frontier]
+            # loops() expands the rows of these states: the next depth steps them
             settled = ~(level.below[frontier] & ~horizon.loops(after)).any(axis=1)
-            inside.append(_expand_ranges(lo, np.where(settled, level.hi[frontier], lo + exact)))
-            frontier, after = frontier[~settled], after[~settled]
+            lo = level.lo[frontier]
+            inside_lo.append(lo)
+            inside_hi.append(np.where(settled, level.hi[frontier], lo + level.exact[frontier]))
+            open_ = ~settled
+            frontier, after = frontier[open_], after[open_]
             if depth + 1 == len(trie.levels):
                 break
+            table = lexer.table
             frontier, parents = _children(level.child_lo[frontier], level.child_hi[frontier])
             before = after[parents]
+        if inside_lo:
+            inside.append(_expand_ranges(np.concatenate(inside_lo), np.concatenate(inside_hi)))
         inside_ids = trie.order[np.concatenate(inside)] if inside else np.zeros(0, dtype=np.int32)
         crossings: Crossings = {}
         if crossed:
             all_depths, all_nodes, all_states = (np.concatenate(parts) for parts in zip(*crossed))
             order = np.argsort(all_states, kind="stable")
             all_depths, all_nodes, all_states = all_depths[order], all_nodes[order], all_states[order]
-            cuts = np.flatnonzero(np.diff(all_states)) + 1
-            for chunk_depths, chunk_nodes, chunk_states in zip(
-                np.split(all_depths, cuts), np.split(all_nodes, cuts), np.split(all_states, cuts)
-            ):
-                crossings[int(chunk_states[0])] = (chunk_depths, chunk_nodes)
+            bounds = [0, *(np.flatnonzero(np.diff(all_states)) + 1).tolist(), all_states.size]
+            for a, b in itertools.pairwise(bounds):
+                crossings[int(all_states[a])] = (all_depths[a:b], all_nodes[a:b])
         return inside_ids, crossings
 
     def _finish_tokens(

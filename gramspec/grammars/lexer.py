@@ -57,13 +57,9 @@ class Lexer:
                 found = self._horizons.setdefault(length, Horizon(self, length))
         return found
 
-    def rows(self, states: np.ndarray) -> np.ndarray:
-        """The transition table, with rows for ``states`` computed; index it by
-        ``[state, byte]`` (-1: no live terminal takes the byte)."""
-        pending = states[~self._expanded[states]]
-        if pending.size:
-            for state in np.unique(pending).tolist():
-                self._expand(state)
+    @property
+    def table(self) -> np.ndarray:
+        """The transition table as it stands: rows of expanded states are filled in."""
         return self._rows
 
     def row(self, state: int) -> np.ndarray:
@@ -108,12 +104,8 @@ class Lexer:
         radices = [self.terminals[t].n_states + 1 for t, _ in pairs]  # -1 (dead) is digit 0
         if math.prod(radices) >= 1 << 62:  # too many digits for one integer: number the distinct columns
             return np.unique(columns.T, axis=0, return_inverse=True)[1].reshape(-1)
-        code = np.zeros(columns.shape[1], dtype=np.int64)
-        scale = 1
-        for radix, column in zip(radices, columns):
-            code += (column.astype(np.int64) + 1) * scale
-            scale *= radix
-        return code
+        scales = np.cumprod([1, *radices[:-1]], dtype=np.int64)
+        return scales @ (columns.astype(np.int64) + 1)
 
     def _expand(self, state: int) -> None:
         with self._lock:
@@ -121,19 +113,25 @@ class Lexer:
                 return
             pairs = self.pairs[state]
             row = np.full(256, -1, dtype=np.int32)
+            has_exit = False
             if pairs:
                 nxt = np.stack([self.terminals[t].transitions[s] for t, s in pairs])  # [m, 256]
                 live = np.flatnonzero((nxt >= 0).any(axis=0))
                 if live.size:
-                    _, first, inverse = np.unique(self._column_codes(pairs, nxt[:, live]), return_index=True, return_inverse=True)
-                    ids = np.empty(first.size, dtype=np.int32)
-                    for k, column in enumerate(nxt[:, live[first]].T.tolist()):
-                        ids[k] = self._intern(
-                            False, tuple((pairs[i][0], s) for i, s in enumerate(column) if s >= 0)
-                        )
+                    # bytes with the same next terminal states go to the same lexer state
+                    columns = nxt[:, live]
+                    _, first, inverse = np.unique(self._column_codes(pairs, columns), return_index=True, return_inverse=True)
+                    ids = np.array(
+                        [
+                            self._intern(False, tuple((pairs[i][0], s) for i, s in enumerate(column) if s >= 0))
+                            for column in columns[:, first].T.tolist()
+                        ],
+                        dtype=np.int32,
+                    )
                     row[live] = ids[inverse.reshape(-1)]
+                    has_exit = True
             self._rows[state] = row
-            self.has_exit[state] = bool((row >= 0).any())
+            self.has_exit[state] = has_exit
             self._expanded[state] = True
 
 
@@ -202,10 +200,10 @@ class Horizon:
         if missing.any():
             for state in np.unique(states[missing]).tolist():
                 row = self.lexer.row(state)
-                own = self.representative(state)
-                same = [s for s in np.unique(row[row >= 0]).tolist() if self.representative(s) == own]
-                self._grow(len(self.lexer))
-                self._loops[state] = np.packbits(np.isin(row, same), bitorder="little").view(np.uint64)
+                live = row >= 0
+                same = np.zeros(256, dtype=bool)
+                same[live] = self.representatives(row[live]) == self.representative(state)
+                self._loops[state] = np.packbits(same, bitorder="little").view(np.uint64)
                 self._has_loops[state] = True
         return self._loops[states]
 
