@@ -24,6 +24,7 @@ import pytest
 from gramspec import Vocabulary
 from gramspec.grammars import CompiledGrammar, compile_grammar, compile_regex, mask_words, unpack_mask
 from gramspec.grammars.compiled import State
+from gramspec.grammars.json_schema import compile_json_schema
 from grammar_cases import CASES, JSON, REGEXES
 
 BYTE_VOCAB = Vocabulary.from_token_bytes([bytes([b]) for b in range(256)] + [b""], eos_token_ids=[256])
@@ -215,6 +216,28 @@ def test_regex_masks_match_brute_force(name: str, vocab_for) -> None:  # type: i
         assert state is not None
         expected = brute_force_mask(ref, ref.walk(ref.initial_state, data[:cut]))  # type: ignore[arg-type]
         assert np.array_equal(unpack_mask(grammar.mask(state), vocab.size), expected), (name, cut)
+
+
+def test_shared_subtree_walks_match_brute_force(vocab_for) -> None:  # type: ignore[no-untyped-def]
+    """Lexer states that differ in a few bytes (a listed key being matched beside
+    the string of any other key) hand the subtrees their walks reach in one state
+    to that state's cached walks; the masks stay exact."""
+    vocab = vocab_for("gpt-2")
+    keys = ("druid", "deathknight", "demonhunter", "monk", "mage")
+    schema = {
+        "type": "object",
+        "properties": {key: {"type": "boolean"} for key in keys},
+        "additionalProperties": {"type": "integer"},
+    }
+    grammar = compile_json_schema(schema, vocab)
+    ref = reference(grammar)
+    for data in [b'{"', b'{"d', b'{"de', b'{"dea', b'{"demo', b'{"druid":true,"m', b'{"druid":true,"mo', b'{"x']:
+        state = grammar.walk(grammar.initial_state, data)
+        assert state is not None, data
+        expected = brute_force_mask(ref, ref.walk(ref.initial_state, data))  # type: ignore[arg-type]
+        wrong = np.flatnonzero(unpack_mask(grammar.mask(state), vocab.size) != expected)
+        assert wrong.size == 0, (data, [(int(i), vocab.token_bytes[i], bool(expected[i])) for i in wrong[:10]])
+    assert grammar._subtrees, "no walk was shared: the test does not reach the code it is for"
 
 
 def test_masks_match_brute_force_on_adversarial_vocabulary() -> None:

@@ -20,6 +20,12 @@ state ``L``):
    the parser through it and walking the trie on from those nodes in the
    next lexeme's state (that walk is cached by the lexer states on the way).
 
+Walks share work below the first bytes: where many nodes of one depth reach
+the same lexer state, the subtrees below them come from that state's walks
+at that depth, cached per node once a second walk asks (a listed key being
+matched beside the string of any other key: every byte but the key's next
+one leads to the free string's state, whichever key position came before).
+
 Both caches are keyed by a representative of ``L``: lexer states that treat
 every string as long as the longest token alike share one (the characters of
 a string with ``maxLength`` far from its bounds, see ``lexer.Horizon``).
@@ -55,6 +61,11 @@ _SCALAR_TOKENS = 48
 _WALK_MEMO_LIMIT = 1 << 20
 #: set_mask_bits sets up to this many ids one by one.
 _FEW_IDS = 256
+#: A walk hands the subtrees of at least this many nodes that it reaches in one
+#: lexer state to that state's cached walks at that depth.
+_SHARED_NODES = 32
+#: Inside positions kept in those walks per grammar (int64: 64 MB).
+_SUBTREE_POSITIONS_LIMIT = 1 << 23
 
 
 def mask_words(vocab_size: int) -> int:
@@ -250,6 +261,9 @@ class CompiledGrammar:
         self._end: dict[tuple[int, frozenset[int]], int | None] = {}
         self._lex_classes: dict[tuple[int, int], _LexClass] = {}
         self._path_walks: dict[tuple[int, ...], tuple[np.ndarray, Crossings]] = {}
+        self._subtrees: dict[tuple[int, int, int], _SubtreeWalks] = {}
+        self._subtree_positions = 0  # inside positions held by _subtrees
+        self._subtrees_seen: set[tuple[int, int, int]] = set()
         self._masks: OrderedDict[State, np.ndarray] = OrderedDict()
         self._mask_cache_size = mask_cache_size
         self._walks: dict[tuple[int, int, int], State | None] = {}
@@ -421,7 +435,8 @@ class CompiledGrammar:
         key = (*path, lexer_state)
         walked = self._path_walks.get(key)
         if walked is None:
-            walked = self._path_walks[key] = self._trie_walk(part, depths, nodes, lexer_state)
+            positions, found = self._trie_walk(part, depths, nodes, lexer_state)
+            walked = self._path_walks[key] = (self._tries[part][0].order[positions], found)
         inside, crossings = walked
         parts = [inside]
         for boundary_state, (sub_depths, sub_nodes) in crossings.items():
@@ -438,7 +453,8 @@ class CompiledGrammar:
             return found
         trie = self._tries[part][0]
         roots = np.arange(trie.levels[0].parent.size, dtype=np.int32)
-        inside_ids, crossings = self._trie_walk(part, np.zeros(roots.size, dtype=np.int32), roots, lexer_state)
+        positions, crossings = self._trie_walk(part, np.zeros(roots.size, dtype=np.int32), roots, lexer_state)
+        inside_ids = trie.order[positions]
         words = mask_words(self.vocab.size)
         inside = np.zeros(words, dtype=np.int32)
         set_mask_bits(inside, inside_ids)
@@ -456,13 +472,14 @@ class CompiledGrammar:
         return lex_class
 
     def _trie_walk(
-        self, part: int, depths: np.ndarray, nodes: np.ndarray, lexer_state: int
+        self, part: int, depths: np.ndarray, nodes: np.ndarray, lexer_state: int, *, share: bool = True
     ) -> tuple[np.ndarray, Crossings]:
         """Walk the tokens under ``nodes`` (at ``depths``) of trie ``part``
         through the lexer from ``lexer_state``, from each node's own byte on,
         one depth per round (a prefix shared by many tokens is stepped once).
 
-        Returns the tokens that end inside the lexeme, and per lexer state
+        Returns the tokens that end inside the lexeme (as positions in the
+        trie's ``order``), and per lexer state
         where the lexeme had to end (a complete lexeme), the nodes whose byte
         crossed that boundary; the others are dead. A node whose byte kills
         the lexeme settles its whole subtree; a live node whose remaining
@@ -518,21 +535,75 @@ class CompiledGrammar:
             frontier, after = frontier[open_], after[open_]
             if depth + 1 == len(trie.levels):
                 break
+            if share and frontier.size >= _SHARED_NODES:
+                frontier, after = self._shared_subtrees(part, depth, frontier, after, inside, crossed)
             table = lexer.table
             frontier, parents = _children(level.child_lo[frontier], level.child_hi[frontier])
             before = after[parents]
         if inside_lo:
             inside.append(_expand_ranges(np.concatenate(inside_lo), np.concatenate(inside_hi)))
-        inside_ids = trie.order[np.concatenate(inside)] if inside else np.zeros(0, dtype=np.int32)
-        crossings: Crossings = {}
-        if crossed:
-            all_depths, all_nodes, all_states = (np.concatenate(parts) for parts in zip(*crossed))
-            order = np.argsort(all_states, kind="stable")
-            all_depths, all_nodes, all_states = all_depths[order], all_nodes[order], all_states[order]
-            bounds = [0, *(np.flatnonzero(np.diff(all_states)) + 1).tolist(), all_states.size]
-            for a, b in itertools.pairwise(bounds):
-                crossings[int(all_states[a])] = (all_depths[a:b], all_nodes[a:b])
-        return inside_ids, crossings
+        positions = np.concatenate(inside) if inside else np.zeros(0, dtype=np.int64)
+        if not crossed:
+            return positions, {}
+        return positions, _group_crossings(*(np.concatenate(parts) for parts in zip(*crossed)))
+
+    def _shared_subtrees(
+        self,
+        part: int,
+        depth: int,
+        frontier: np.ndarray,
+        states: np.ndarray,
+        inside: list[np.ndarray],
+        crossed: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Settle the nodes of ``frontier`` (at ``depth``, stepped into ``states``)
+        that many share a state from that state's subtree walks at this depth
+        (cached, walked for the nodes not seen yet): lexer states that differ
+        in a few bytes (a key being matched beside a free string) share them.
+        Returns the nodes left to walk here."""
+        values, counts = np.unique(states, return_counts=True)
+        # the first time a state is reached this way its nodes are walked here:
+        # a state reached once (most) would pay for sorting its walks for nothing
+        candidates = values[counts >= _SHARED_NODES].tolist()
+        first_time = {s for s in candidates if (part, depth, s) not in self._subtrees_seen}
+        self._subtrees_seen.update((part, depth, s) for s in first_time)
+        shared = np.array([s for s in candidates if s not in first_time], dtype=states.dtype)
+        if not shared.size:
+            return frontier, states
+        level = self._tries[part][0].levels[depth]
+        for state in shared.tolist():
+            nodes = frontier[states == state]
+            positions, crossings = self._subtree_walks(part, depth, state, nodes).select(level.lo[nodes], level.hi[nodes])
+            inside.append(positions)
+            if crossings[0].size:
+                crossed.append(crossings)
+        keep = ~np.isin(states, shared)
+        return frontier[keep], states[keep]
+
+    def _subtree_walks(self, part: int, depth: int, lexer_state: int, nodes: np.ndarray) -> _SubtreeWalks:
+        """The cached walks from ``lexer_state`` below the trie nodes of ``depth``, with ``nodes`` among them."""
+        key = (part, depth, lexer_state)
+        trie = self._tries[part][0]
+        level = trie.levels[depth]
+        walks = self._subtrees.get(key)
+        if walks is None:
+            walks = _SubtreeWalks.empty(level.parent.size)
+        missing = nodes[~walks.covered[nodes]]
+        if not missing.size:
+            return walks
+        children, _ = _children(level.child_lo[missing], level.child_hi[missing])
+        depths = np.full(children.size, depth + 1, dtype=np.int32)
+        # not shared again below: every depth's walks would hold the same positions
+        positions, crossings = self._trie_walk(part, depths, children, lexer_state, share=False)
+        walks = walks.extended(trie, missing, positions, crossings)
+        with self._lock:
+            self._subtree_positions += positions.size
+            if self._subtree_positions > _SUBTREE_POSITIONS_LIMIT:
+                self._subtrees.clear()
+                self._subtrees_seen.clear()
+                self._subtree_positions = walks.inside.size
+            self._subtrees[key] = walks
+        return walks
 
     def _finish_tokens(
         self,
@@ -619,6 +690,56 @@ class CompiledGrammar:
                 break
         return out
 
+
+def _group_crossings(depths: np.ndarray, nodes: np.ndarray, states: np.ndarray) -> Crossings:
+    """Crossing nodes grouped by the lexer state whose lexeme they end."""
+    order = np.argsort(states, kind="stable")
+    depths, nodes, states = depths[order], nodes[order], states[order]
+    bounds = [0, *(np.flatnonzero(np.diff(states)) + 1).tolist(), states.size]
+    return {int(states[a]): (depths[a:b], nodes[a:b]) for a, b in itertools.pairwise(bounds)}
+
+
+@dataclass(frozen=True)
+class _SubtreeWalks:
+    """Walks, from one lexer state, of the subtrees below some nodes of one
+    trie depth (each node's bytes already stepped), sorted by position in the
+    trie's order, so that a node's part is a range of positions."""
+
+    covered: np.ndarray  # bool per node of the depth: its subtree is in here
+    inside: np.ndarray  # positions, sorted
+    cross_first: np.ndarray  # first position under each crossing node, sorted
+    cross_depths: np.ndarray
+    cross_nodes: np.ndarray
+    cross_states: np.ndarray
+
+    @classmethod
+    def empty(cls, nodes: int) -> _SubtreeWalks:
+        none = np.zeros(0, dtype=np.int32)
+        return cls(np.zeros(nodes, dtype=bool), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), none, none, none)
+
+    def extended(self, trie: TokenTrie, nodes: np.ndarray, positions: np.ndarray, crossings: Crossings) -> _SubtreeWalks:
+        """These walks and the ones of ``nodes`` (their results)."""
+        covered = self.covered.copy()
+        covered[nodes] = True
+        groups = [(d, n, np.full(d.size, s, dtype=np.int32)) for s, (d, n) in crossings.items()]
+        depths, crossing_nodes, states = (
+            np.concatenate([old, *parts]) for old, parts in zip(
+                (self.cross_depths, self.cross_nodes, self.cross_states), zip(*groups) if groups else ((), (), ())
+            )
+        )
+        first = np.zeros(depths.size, dtype=np.int64)
+        for depth in np.unique(depths).tolist():
+            at = depths == depth
+            first[at] = trie.levels[depth].lo[crossing_nodes[at]]
+        order = np.argsort(first, kind="stable")
+        inside = np.sort(np.concatenate([self.inside, positions]))
+        return _SubtreeWalks(covered, inside, first[order], depths[order], crossing_nodes[order], states[order])
+
+    def select(self, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """The inside positions and the crossings (depths, nodes, states) under the nodes spanning ``[lo, hi)``."""
+        inside = self.inside[_expand_ranges(np.searchsorted(self.inside, lo), np.searchsorted(self.inside, hi))]
+        picked = _expand_ranges(np.searchsorted(self.cross_first, lo), np.searchsorted(self.cross_first, hi))
+        return inside, (self.cross_depths[picked], self.cross_nodes[picked], self.cross_states[picked])
 
 def _expand_ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """The indices of the ranges ``[lo[i], hi[i])``, concatenated."""
