@@ -73,6 +73,7 @@ def test_apply_token_bitmask_is_one_new_tensor_and_inplace_variant_writes() -> N
     out = apply_token_bitmask(scores, bitmask)
     assert torch.equal(scores, original)
     assert torch.isfinite(out).numpy().tolist() == allowed.tolist()
+    assert torch.equal(apply_token_bitmask(scores, torch.from_numpy(bitmask)), out)  # a tensor bitmask alike
     apply_token_bitmask_inplace(scores, bitmask)
     assert torch.equal(scores, out)
 

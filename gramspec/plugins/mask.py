@@ -49,7 +49,11 @@ def unpack_bitmask(bitmask: torch.Tensor, num_columns: int) -> torch.Tensor:
 
 
 def _unpack_with_numpy(bitmask: torch.Tensor, num_columns: int) -> torch.Tensor:
-    words = np.ascontiguousarray(bitmask.numpy(), dtype=np.int32)
+    return _unpack_words(bitmask.numpy(), num_columns)
+
+
+def _unpack_words(words: np.ndarray, num_columns: int) -> torch.Tensor:
+    words = np.ascontiguousarray(words, dtype=np.int32)
     bits = np.unpackbits(words.view(np.uint8), axis=-1, count=min(num_columns, words.shape[-1] * 32), bitorder="little")
     allowed = torch.from_numpy(bits.view(bool))
     return _pad_columns(allowed, num_columns)
@@ -63,7 +67,9 @@ def _unpack_with_torch(bitmask: torch.Tensor, num_columns: int) -> torch.Tensor:
 
 def _pad_columns(allowed: torch.Tensor, num_columns: int) -> torch.Tensor:
     have = allowed.shape[-1]
-    if have >= num_columns:
+    if have == num_columns:
+        return allowed
+    if have > num_columns:
         return allowed[..., :num_columns]
     pad = torch.zeros(*allowed.shape[:-1], num_columns - have, dtype=torch.bool, device=allowed.device)
     return torch.cat([allowed, pad], dim=-1)
@@ -76,8 +82,11 @@ def apply_token_bitmask(scores: torch.Tensor, bitmask: torch.Tensor | np.ndarray
     dimensions. Its bits past column ``V`` are ignored, and columns past its
     bits are masked (a model may have more logits than the tokenizer has ids).
     """
-    words = torch.as_tensor(bitmask).to(scores.device, non_blocking=True)
-    allowed = unpack_bitmask(words, scores.shape[-1])
+    if scores.device.type == "cpu":  # straight from numpy: no tensor round trip
+        words = bitmask.numpy() if isinstance(bitmask, torch.Tensor) else bitmask
+        allowed = _unpack_words(words, scores.shape[-1])
+    else:
+        allowed = unpack_bitmask(torch.as_tensor(bitmask).to(scores.device, non_blocking=True), scores.shape[-1])
     return torch.where(allowed, scores, _minus_inf(scores))
 
 
