@@ -226,6 +226,25 @@ def tokenizer_name(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.fixture(params=["compiled", "numpy"])
+def trie_walk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each trie walk in turn: the numba kernel (skipped without numba) and the numpy walk.
+
+    Grammars compiled in the test are new ones (the in-memory cache starts
+    empty), so no mask comes from the other walk's run."""
+    from gramspec.grammars import frontend
+    from gramspec.grammars import trie_walk as module
+
+    monkeypatch.setattr(frontend, "_memory", {})
+
+    if request.param == "compiled":
+        if module.walk_kernel is None:
+            pytest.skip("numba is not installed (or GRAMSPEC_JIT=0)")
+    else:
+        monkeypatch.setattr(module, "walk_kernel", None)
+    return str(request.param)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests that use SmolLM2 get the ``model`` mark, so ``-m 'not model'`` leaves them out."""
     for item in items:

@@ -176,6 +176,7 @@ MASK_PREFIXES: dict[str, list[bytes]] = {
 
 @pytest.mark.parametrize("tokenizer", ["llama-bpe", "llama-spm", "gpt-2"])
 @pytest.mark.parametrize("name", sorted(MASK_PREFIXES))
+@pytest.mark.usefixtures("trie_walk")
 def test_masks_match_brute_force(name: str, tokenizer: str, vocab_for) -> None:  # type: ignore[no-untyped-def]
     vocab = vocab_for(tokenizer)
     grammar = compile_grammar(CASES[name][0], vocab)
@@ -192,6 +193,7 @@ def test_masks_match_brute_force(name: str, tokenizer: str, vocab_for) -> None: 
 
 
 @pytest.mark.model
+@pytest.mark.usefixtures("trie_walk")
 def test_masks_match_brute_force_smollm2(vocab_for) -> None:  # type: ignore[no-untyped-def]
     vocab = vocab_for("smollm2")
     for name in ("json", "c_like"):
@@ -205,6 +207,7 @@ def test_masks_match_brute_force_smollm2(vocab_for) -> None:  # type: ignore[no-
 
 
 @pytest.mark.parametrize("name", sorted(REGEXES))
+@pytest.mark.usefixtures("trie_walk")
 def test_regex_masks_match_brute_force(name: str, vocab_for) -> None:  # type: ignore[no-untyped-def]
     vocab = vocab_for("gpt-2")
     pattern, valid, _ = REGEXES[name]
@@ -218,10 +221,15 @@ def test_regex_masks_match_brute_force(name: str, vocab_for) -> None:  # type: i
         assert np.array_equal(unpack_mask(grammar.mask(state), vocab.size), expected), (name, cut)
 
 
-def test_shared_subtree_walks_match_brute_force(vocab_for) -> None:  # type: ignore[no-untyped-def]
+def test_shared_subtree_walks_match_brute_force(vocab_for, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Lexer states that differ in a few bytes (a listed key being matched beside
     the string of any other key) hand the subtrees their walks reach in one state
-    to that state's cached walks; the masks stay exact."""
+    to that state's cached walks; the masks stay exact. (The numpy walk's
+    sharing: the compiled walk visits each node at a few nanoseconds and does
+    not need it.)"""
+    from gramspec.grammars import trie_walk
+
+    monkeypatch.setattr(trie_walk, "walk_kernel", None)
     vocab = vocab_for("gpt-2")
     keys = ("druid", "deathknight", "demonhunter", "monk", "mage")
     schema = {
@@ -240,6 +248,7 @@ def test_shared_subtree_walks_match_brute_force(vocab_for) -> None:  # type: ign
     assert grammar._subtrees, "no walk was shared: the test does not reach the code it is for"
 
 
+@pytest.mark.usefixtures("trie_walk")
 def test_masks_match_brute_force_on_adversarial_vocabulary() -> None:
     """The trie walk's corner cases: NUL bytes (they sort like padding), ids
     with the same bytes, long prefix chains, tokens ending mid-character."""
@@ -257,6 +266,51 @@ def test_masks_match_brute_force_on_adversarial_vocabulary() -> None:
         expected = brute_force_mask(ref, ref.walk(ref.initial_state, data))  # type: ignore[arg-type]
         wrong = np.flatnonzero(unpack_mask(grammar.mask(state), vocab.size) != expected)
         assert wrong.size == 0, (data, [(int(i), vocab.token_bytes[i], bool(expected[i])) for i in wrong[:10]])
+
+
+def test_compiled_walk_gives_the_numpy_walks_classes(vocab_for, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """From every lexer state that texts of several grammars reach, both trie
+    walks (the numba kernel, the numpy walk) return the same inside tokens and
+    the same crossings, for the whole trie and for the subtrees below the
+    crossings (the starts of :meth:`CompiledGrammar._resolve`)."""
+    from gramspec.grammars import trie_walk
+
+    if trie_walk.walk_kernel is None:
+        pytest.skip("numba is not installed (or GRAMSPEC_JIT=0)")
+    kernel = trie_walk.walk_kernel
+    vocab = vocab_for("gpt-2")
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20}, "n": {"type": "integer"}},
+              "additionalProperties": {"type": "array", "items": {"type": "number"}}}
+    cases = [(compile_grammar(CASES["json"][0], vocab), b'{"name": "Alice", "tags": [1, 2.5e3, true], "x": {"y": "h\\u00e9\\\\'),
+             (compile_grammar(CASES["c_like"][0], vocab), b"int f(int a) { if (a < 1) { return f(a, 2); } /* c */ return 0; }"),
+             (compile_json_schema(schema, vocab), b'{"name":"Bob the builder","n":-12,"zz":[1.5,2,-3e-2]}')]
+
+    def both(grammar: CompiledGrammar, part: int, depths: np.ndarray, nodes: np.ndarray, state: int) -> list[Any]:
+        found = []
+        for walk in (kernel, None):
+            monkeypatch.setattr(trie_walk, "walk_kernel", walk)
+            positions, crossings = grammar._trie_walk(part, depths, nodes, state)
+            found.append((sorted(positions.tolist()), {
+                s: sorted(zip(d.tolist(), n.tolist())) for s, (d, n) in crossings.items()
+            }))
+        assert found[0] == found[1], (grammar, part, state)
+        return [crossings for _, crossings in found[:1]]
+
+    checked = 0
+    for grammar, text in cases:
+        states = {grammar.walk(grammar.initial_state, text[:cut]) for cut in range(len(text) + 1)} - {None}
+        for part, (trie, horizon) in enumerate(grammar._tries):
+            roots = np.arange(trie.levels[0].parent.size, dtype=np.int32)
+            for state in sorted({horizon.representative(s[1]) for s in states}):  # type: ignore[index]
+                (crossings,) = both(grammar, part, np.zeros(roots.size, dtype=np.int32), roots, state)
+                for boundary, pairs in crossings.items():
+                    deeper = [(d, n) for d, n in pairs if d > 0]
+                    if deeper:
+                        fresh = horizon.representative(grammar._start_state(grammar.initial_state[0]))
+                        depths, nodes = (np.array(column, dtype=np.int32) for column in zip(*deeper))
+                        both(grammar, part, depths, nodes, fresh)
+                checked += 1
+    assert checked > 40
 
 
 COUNTED_CASES = {
@@ -281,6 +335,7 @@ def _counted_vocabulary() -> Vocabulary:
 
 
 @pytest.mark.parametrize("name", sorted(COUNTED_CASES))
+@pytest.mark.usefixtures("trie_walk")
 def test_masks_of_counted_strings_match_brute_force_at_every_position(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Lexer states no token tells apart share masks (the characters of a
     string with maxLength far from its bounds): at every byte of a long

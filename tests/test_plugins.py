@@ -63,6 +63,32 @@ def test_unpack_bitmask_matches_numpy(columns: int, unpack: Any) -> None:
     assert (unpack(torch.from_numpy(words[1]), columns).numpy() == want[1]).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("columns", [1, 31, 32, 33, 64, 100, 130])
+@pytest.mark.parametrize("path", ["kernel", "numpy"])
+def test_apply_token_bitmask_on_cpu_matches_where(columns: int, dtype: torch.dtype, path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU kernel (whole words of 0s and 1s, single bits, columns past the
+    bitmask's bits) and the numpy path both give torch.where over the unpacked bits."""
+    if path == "numpy":
+        monkeypatch.setattr(mask_module, "_fill_kernel", None)
+    elif mask_module._fill_kernel is None:
+        pytest.skip("numba is not installed (or GRAMSPEC_JIT=0)")
+    rng = np.random.default_rng(columns)
+    allowed = rng.random((3, 100)) < 0.5
+    allowed[0, :64] = False  # whole words masked
+    allowed[1, :64] = True  # whole words allowed
+    words = np.stack([pack_mask(row) for row in allowed])
+    scores = (torch.randn(3, columns, generator=torch.Generator().manual_seed(columns)) * 3).to(dtype)
+    want = np.zeros((3, columns), dtype=bool)
+    n = min(columns, 100)
+    want[:, :n] = allowed[:, :n]
+    expected = torch.where(torch.from_numpy(want), scores, torch.tensor(-torch.inf, dtype=dtype))
+    original = scores.clone()
+    assert torch.equal(apply_token_bitmask(scores, words), expected)
+    assert torch.equal(apply_token_bitmask(scores[1], words[1]), expected[1])
+    assert torch.equal(scores, original)
+
+
 def test_apply_token_bitmask_is_one_new_tensor_and_inplace_variant_writes() -> None:
     scores = torch.arange(40, dtype=torch.float32).reshape(2, 20)
     original = scores.clone()

@@ -39,11 +39,13 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import ClassVar
 
 import numpy as np
 
 from gramspec.errors import MatcherError
+from gramspec.grammars import trie_walk
 from gramspec.grammars.earley import EarleyParser, Rule
 from gramspec.grammars.lexer import Lexer
 from gramspec.grammars.regex_dfa import ByteDFA
@@ -174,6 +176,11 @@ class TokenTrie:
     def max_length(self) -> int:
         """Bytes of the longest token."""
         return len(self.levels)
+
+    @cached_property
+    def flat(self) -> trie_walk.FlatTrie:
+        """The levels in single arrays, for the compiled walk."""
+        return trie_walk.FlatTrie.of(self.levels)
 
     @classmethod
     def build(cls, table: TokenTable, ids: np.ndarray) -> TokenTrie:
@@ -486,6 +493,8 @@ class CompiledGrammar:
         bytes all loop on its state (up to equivalence: fewer bytes than the
         trie's longest token remain, so states are stepped as their
         representatives) settles its subtree as inside."""
+        if trie_walk.walk_kernel is not None:
+            return self._compiled_walk(part, depths, nodes, lexer_state)
         lexer = self._lexer
         trie, horizon = self._tries[part]
         # ranges [lo, hi) of trie.order inside the lexeme, expanded once at the end
@@ -546,6 +555,42 @@ class CompiledGrammar:
         if not crossed:
             return positions, {}
         return positions, _group_crossings(*(np.concatenate(parts) for parts in zip(*crossed)))
+
+    def _compiled_walk(self, part: int, depths: np.ndarray, nodes: np.ndarray, lexer_state: int) -> tuple[np.ndarray, Crossings]:
+        """:meth:`_trie_walk` by the compiled kernel (see :mod:`gramspec.grammars.trie_walk`)."""
+        kernel = trie_walk.walk_kernel
+        assert kernel is not None
+        lexer = self._lexer
+        trie, horizon = self._tries[part]
+        flat = trie.flat
+        # the start nodes have disjoint subtrees, so no node is visited twice
+        scratch = flat.scratch()
+        scratch.stack_node[: nodes.size] = (flat.offsets[depths] + nodes)[::-1]
+        scratch.stack_state[: nodes.size] = lexer_state
+        cursor = scratch.cursor
+        cursor[:] = (nodes.size, 0, 0)
+        # a state on the stack has its row expanded and the representatives
+        # of the states it leads to known (what loops() computes)
+        horizon.loops(np.array([lexer_state]))
+        needed = 0
+        while needed >= 0:
+            arrays = horizon.kernel_arrays()
+            needed = kernel(
+                flat.byte, flat.lo, flat.hi, flat.exact, flat.child_lo, flat.child_hi, flat.below,
+                lexer.table, lexer.has_accept, *arrays,
+                scratch.stack_node, scratch.stack_state, cursor,
+                scratch.range_lo, scratch.range_hi, scratch.cross_node, scratch.cross_state,
+            )
+            if needed >= 0:
+                horizon.loops(np.array([horizon.representative(needed)]))
+        n_ranges, n_cross = int(cursor[trie_walk.RANGES]), int(cursor[trie_walk.CROSSINGS])
+        positions = _expand_ranges(scratch.range_lo[:n_ranges], scratch.range_hi[:n_ranges])
+        if not n_cross:
+            return positions, {}
+        crossing = scratch.cross_node[:n_cross]
+        depth = flat.depth_of(crossing)
+        states = scratch.cross_state[:n_cross].copy()
+        return positions, _group_crossings(depth, (crossing - flat.offsets[depth]).astype(np.int32), states)
 
     def _shared_subtrees(
         self,

@@ -207,6 +207,11 @@ class Horizon:
                 self._has_loops[state] = True
         return self._loops[states]
 
+    def kernel_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(representative, loops, has_loops) as they stand, covering every lexer state so far."""
+        self._grow(len(self.lexer))
+        return self._representative, self._loops, self._has_loops
+
     def _terminal_class(self, terminal: int, state: int) -> Hashable:
         classes = self._terminal_classes.get(terminal)
         if classes is None:
