@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -297,3 +298,13 @@ def test_processor_assume_greedy_row_keeps_only_the_argmax(tokenizer: Any) -> No
     assert out[0, allowed] == 5.0
     assert torch.isfinite(out[1]).sum() > 1 and not torch.isfinite(out[1, tokenizer.convert_tokens_to_ids("x")])
     assert (processor.fast_path_hits, processor.full_masks) == (1, 1)
+    # the sign bit of a mask word too (ids 31, 63, ... are bit 31)
+    processor = RegexLogitsProcessor("[a-z]+", tokenizer, assume_greedy=True)
+    allowed_ids = np.flatnonzero(processor.grammar.matcher().allowed_tokens()).tolist()
+    edge = [t for t in allowed_ids if t & 31 == 31][:20] + [t for t in allowed_ids if t & 31 == 0][:20]
+    assert any(t & 31 == 31 for t in edge)
+    for token in edge:
+        scores = torch.zeros(1, len(tokenizer))
+        scores[0, token] = 5.0
+        out = processor(torch.zeros(1, 3, dtype=torch.long), scores)
+        assert torch.isfinite(out[0]).nonzero().flatten().tolist() == [token]

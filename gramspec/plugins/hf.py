@@ -27,6 +27,7 @@ import torch
 from transformers.generation.logits_process import LogitsProcessor
 
 from gramspec.grammars.compiled import CompiledGrammar, Matcher, mask_words, set_mask_bits
+from gramspec.plugins.base import argmax_index
 from gramspec.plugins.mask import apply_token_bitmask
 from gramspec.vocab import Vocabulary
 
@@ -136,8 +137,7 @@ class GrammarConstraintLogitsProcessor(LogitsProcessor):
         self.rejected_rows = set()
         argmax = finite = None
         if self.assume_greedy:
-            values, indices = scores.max(dim=-1)
-            argmax, finite = indices.tolist(), torch.isfinite(values).tolist()
+            argmax, finite = _row_argmax(scores)
         for row, key in enumerate(keys):
             state = states.get(key)
             if state is None:
@@ -147,7 +147,8 @@ class GrammarConstraintLogitsProcessor(LogitsProcessor):
                     token = argmax[row]
                     if finite[row] and token < self.grammar.vocab.size and state.is_allowed(token):
                         # the greedy choice of the full-mask path: the overall argmax is allowed
-                        bitmask[row, token >> 5] = np.uint32(1 << (token & 31)).view(np.int32)
+                        bit = 1 << (token & 31)
+                        bitmask[row, token >> 5] = bit - (1 << 32) if bit >> 31 else bit  # as int32
                         self.fast_path_hits += 1
                         continue
                 self.full_masks += 1
@@ -195,6 +196,16 @@ class GrammarConstraintLogitsProcessor(LogitsProcessor):
             state = self._walk(row)
             out.append(not (isinstance(state, Matcher) and state.is_terminated()))
         return out
+
+
+def _row_argmax(scores: torch.Tensor) -> tuple[list[int], list[bool]]:
+    """Each row's argmax, and whether its score is finite."""
+    if scores.device.type == "cpu" and scores.dtype in (torch.float32, torch.float64):
+        values = scores.detach().numpy()  # numpy: fewer and lighter calls between two forwards
+        indices = values.argmax(axis=-1)
+        return indices.tolist(), np.isfinite(values[np.arange(values.shape[0]), indices]).tolist()
+    indices = argmax_index(scores)
+    return indices.tolist(), torch.isfinite(scores.gather(-1, indices[:, None])[:, 0]).tolist()
 
 
 def _vocab_args(tokenizer: Any, vocab_size: int | None, eos_token_ids: Iterable[int] | None) -> Vocabulary:
