@@ -589,8 +589,8 @@ class CompiledGrammar:
             return positions, {}
         crossing = scratch.cross_node[:n_cross]
         depth = flat.depth_of(crossing)
-        states = scratch.cross_state[:n_cross].copy()
-        return positions, _group_crossings(depth, (crossing - flat.offsets[depth]).astype(np.int32), states)
+        # _group_crossings copies what it keeps out of the scratch buffers
+        return positions, _group_crossings(depth, (crossing - flat.offsets[depth]).astype(np.int32), scratch.cross_state[:n_cross])
 
     def _shared_subtrees(
         self,
