@@ -571,7 +571,7 @@ class CompiledGrammar:
         cursor[:] = (nodes.size, 0, 0)
         # a state on the stack has its row expanded and the representatives
         # of the states it leads to known (what loops() computes)
-        horizon.loops(np.array([lexer_state]))
+        horizon.prepare(lexer_state)
         needed = 0
         while needed >= 0:
             arrays = horizon.kernel_arrays()
@@ -582,7 +582,7 @@ class CompiledGrammar:
                 scratch.range_lo, scratch.range_hi, scratch.cross_node, scratch.cross_state,
             )
             if needed >= 0:
-                horizon.loops(np.array([horizon.representative(needed)]))
+                horizon.prepare(horizon.representative(needed))
         n_ranges, n_cross = int(cursor[trie_walk.RANGES]), int(cursor[trie_walk.CROSSINGS])
         positions = _expand_ranges(scratch.range_lo[:n_ranges], scratch.range_hi[:n_ranges])
         if not n_cross:

@@ -114,7 +114,20 @@ class Lexer:
             pairs = self.pairs[state]
             row = np.full(256, -1, dtype=np.int32)
             has_exit = False
-            if pairs:
+            if len(pairs) == 1:  # most states: one terminal alive, its next DFA states name the next lexer states
+                terminal, dfa_state = pairs[0]
+                nxt = np.asarray(self.terminals[terminal].transitions[dfa_state])
+                live = nxt >= 0
+                targets = sorted(set(nxt[live].tolist()))
+                if targets:
+                    ids = [self._intern(False, ((terminal, target),)) for target in targets]
+                    if len(ids) == 1:
+                        row[live] = ids[0]
+                    else:
+                        lookup = np.array(ids, dtype=np.int32)
+                        row[live] = lookup[np.searchsorted(np.array(targets), nxt[live])]
+                    has_exit = True
+            elif pairs:
                 nxt = np.stack([self.terminals[t].transitions[s] for t, s in pairs])  # [m, 256]
                 live = np.flatnonzero((nxt >= 0).any(axis=0))
                 if live.size:
@@ -171,7 +184,8 @@ class Horizon:
 
     def representative(self, state: int) -> int:
         """The first state seen in ``state``'s class."""
-        self._grow(len(self.lexer))
+        if state >= self._representative.shape[0]:
+            self._grow(len(self.lexer))
         found = int(self._representative[state])
         if found >= 0:
             return found
@@ -206,6 +220,11 @@ class Horizon:
                 self._loops[state] = np.packbits(same, bitorder="little").view(np.uint64)
                 self._has_loops[state] = True
         return self._loops[states]
+
+    def prepare(self, state: int) -> None:
+        """Build ``state``'s loop bits (and its row) unless they are known."""
+        if state >= self._has_loops.shape[0] or not self._has_loops[state]:
+            self.loops(np.array([state]))
 
     def kernel_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(representative, loops, has_loops) as they stand, covering every lexer state so far."""
