@@ -268,6 +268,35 @@ def test_masks_match_brute_force_on_adversarial_vocabulary() -> None:
         assert wrong.size == 0, (data, [(int(i), vocab.token_bytes[i], bool(expected[i])) for i in wrong[:10]])
 
 
+@pytest.mark.parametrize("path", ["kernel", "numpy"])
+def test_mask_bits_and_range_expansion_match_plain_python(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """set_mask_bits and the trie's range expansion, compiled and in numpy,
+    against a loop over the ids; an id past the bitmask is an IndexError."""
+    from gramspec.grammars import compiled
+
+    if path == "numpy":
+        monkeypatch.setattr(compiled, "_set_bits_kernel", None)
+        monkeypatch.setattr(compiled, "_concat_ranges_kernel", None)
+    elif compiled._set_bits_kernel is None:
+        pytest.skip("numba is not installed (or GRAMSPEC_JIT=0)")
+    rng = np.random.default_rng(7)
+    for size in (0, 1, 5, 300, 3000):  # both sides of the numpy path's few-ids switch
+        ids = rng.integers(0, 1000, size=size)
+        words = rng.integers(-(1 << 31), 1 << 31, size=mask_words(1000), dtype=np.int64).astype(np.int32)
+        expected = words.view(np.uint32).astype(np.int64)
+        for token in ids.tolist():
+            expected[token >> 5] |= 1 << (token & 31)
+        row = np.stack([np.zeros_like(words), words])[1]  # a row of a batch bitmask
+        compiled.set_mask_bits(row, ids)
+        assert row.view(np.uint32).astype(np.int64).tolist() == expected.tolist()
+        lo = rng.integers(0, 50, size=size % 40).astype(np.int32)
+        hi = lo + rng.integers(0, 6, size=lo.size).astype(np.int32)  # empty ranges too
+        want = [index for a, b in zip(lo.tolist(), hi.tolist()) for index in range(a, b)]
+        assert compiled._expand_ranges(lo, hi).tolist() == want
+    with pytest.raises(IndexError):
+        compiled.set_mask_bits(np.zeros(2, dtype=np.int32), np.array([64]))
+
+
 def test_compiled_walk_gives_the_numpy_walks_classes(vocab_for, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """From every lexer state that texts of several grammars reach, both trie
     walks (the numba kernel, the numpy walk) return the same inside tokens and

@@ -49,6 +49,7 @@ from gramspec.grammars import trie_walk
 from gramspec.grammars.earley import EarleyParser, Rule
 from gramspec.grammars.lexer import Lexer
 from gramspec.grammars.regex_dfa import ByteDFA
+from gramspec.jit import kernel
 from gramspec.vocab import Vocabulary
 
 State = tuple[int, int]  # (Earley set id, lexer state id)
@@ -81,9 +82,23 @@ def unpack_mask(words: np.ndarray, vocab_size: int) -> np.ndarray:
     return bits[:vocab_size].astype(bool)
 
 
+def _set_bits(words: np.ndarray, ids: np.ndarray) -> None:
+    bits = words.view(np.uint32)
+    for token in ids:
+        if token < 0 or token >> 5 >= bits.shape[0]:
+            raise IndexError("token id outside the bitmask")
+        bits[token >> 5] |= np.uint32(1) << np.uint32(token & 31)
+
+
+_set_bits_kernel = kernel(_set_bits)
+
+
 def set_mask_bits(words: np.ndarray, ids: np.ndarray) -> None:
     """Set the bits of token ``ids`` in a packed int32 bitmask row, in place."""
     ids = np.asarray(ids, dtype=np.int64)
+    if _set_bits_kernel is not None and words.flags.c_contiguous:
+        _set_bits_kernel(words, ids)
+        return
     if ids.size <= _FEW_IDS:
         np.bitwise_or.at(words.view(np.uint32), ids >> 5, np.left_shift(np.uint32(1), (ids & 31).astype(np.uint32)))
         return
@@ -786,8 +801,26 @@ class _SubtreeWalks:
         picked = _expand_ranges(np.searchsorted(self.cross_first, lo), np.searchsorted(self.cross_first, hi))
         return inside, (self.cross_depths[picked], self.cross_nodes[picked], self.cross_states[picked])
 
+def _concat_ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    total = 0
+    for i in range(lo.shape[0]):
+        total += max(hi[i] - lo[i], 0)
+    out = np.empty(total, dtype=np.int64)
+    at = 0
+    for i in range(lo.shape[0]):
+        for index in range(lo[i], hi[i]):
+            out[at] = index
+            at += 1
+    return out
+
+
+_concat_ranges_kernel = kernel(_concat_ranges)
+
+
 def _expand_ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """The indices of the ranges ``[lo[i], hi[i])``, concatenated."""
+    if _concat_ranges_kernel is not None:
+        return _concat_ranges_kernel(lo, hi)  # type: ignore[no-any-return]
     counts = hi - lo
     total = int(counts.sum())
     if not total:
