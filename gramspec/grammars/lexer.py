@@ -116,16 +116,16 @@ class Lexer:
             has_exit = False
             if len(pairs) == 1:  # most states: one terminal alive, its next DFA states name the next lexer states
                 terminal, dfa_state = pairs[0]
-                nxt = np.asarray(self.terminals[terminal].transitions[dfa_state])
-                live = nxt >= 0
-                targets = sorted(set(nxt[live].tolist()))
+                steps = np.asarray(self.terminals[terminal].transitions[dfa_state])
+                alive = steps >= 0
+                targets = sorted(set(steps[alive].tolist()))
                 if targets:
-                    ids = [self._intern(False, ((terminal, target),)) for target in targets]
-                    if len(ids) == 1:
-                        row[live] = ids[0]
+                    target_ids = [self._intern(False, ((terminal, target),)) for target in targets]
+                    if len(target_ids) == 1:
+                        row[alive] = target_ids[0]
                     else:
-                        lookup = np.array(ids, dtype=np.int32)
-                        row[live] = lookup[np.searchsorted(np.array(targets), nxt[live])]
+                        lookup = np.array(target_ids, dtype=np.int32)
+                        row[alive] = lookup[np.searchsorted(np.array(targets), steps[alive])]
                     has_exit = True
             elif pairs:
                 nxt = np.stack([self.terminals[t].transitions[s] for t, s in pairs])  # [m, 256]
