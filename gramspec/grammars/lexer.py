@@ -213,18 +213,28 @@ class Horizon:
         missing = ~self._has_loops[states]
         if missing.any():
             for state in np.unique(states[missing]).tolist():
-                row = self.lexer.row(state)
-                live = row >= 0
-                same = np.zeros(256, dtype=bool)
-                same[live] = self.representatives(row[live]) == self.representative(state)
-                self._loops[state] = np.packbits(same, bitorder="little").view(np.uint64)
-                self._has_loops[state] = True
+                self.prepare(state)
         return self._loops[states]
 
     def prepare(self, state: int) -> None:
         """Build ``state``'s loop bits (and its row) unless they are known."""
-        if state >= self._has_loops.shape[0] or not self._has_loops[state]:
-            self.loops(np.array([state]))
+        if state < self._has_loops.shape[0] and self._has_loops[state]:
+            return
+        row = self.lexer.row(state)
+        own = self.representative(state)
+        # the representatives of the states it leads to are looked up here, so the walk finds them
+        looping = [target for target in set(row[row >= 0].tolist()) if self.representative(target) == own]
+        if not looping:
+            self._loops[state] = 0
+        else:
+            if len(looping) == 1:
+                same = row == looping[0]
+            else:
+                same = np.zeros(256, dtype=bool)
+                alive = row >= 0
+                same[alive] = self._representative[row[alive]] == own
+            self._loops[state] = np.packbits(same, bitorder="little").view(np.uint64)
+        self._has_loops[state] = True
 
     def kernel_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(representative, loops, has_loops) as they stand, covering every lexer state so far."""
