@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_masks import machine_info, note, shared_path  # noqa: E402  (sets single-thread env vars first)
+from bench_masks import GcWatch, machine_info, note, shared_path  # noqa: E402  (sets single-thread env vars first)
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -88,15 +88,17 @@ class Clock(LogitsProcessor):
 
 
 class Timed(LogitsProcessor):
-    """Times the wrapped processor's calls."""
+    """Times the wrapped processor's calls, and the garbage collections that ran inside them."""
 
-    def __init__(self, inner: Any) -> None:
-        self.inner, self.ns, self.calls = inner, 0, 0
+    def __init__(self, inner: Any, watch: GcWatch) -> None:
+        self.inner, self.watch, self.ns, self.gc_ns, self.calls = inner, watch, 0, 0, 0
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        gc_before = self.watch.ns
         start = time.perf_counter_ns()
         out = self.inner(input_ids, scores)
         self.ns += time.perf_counter_ns() - start
+        self.gc_ns += self.watch.ns - gc_before
         self.calls += 1
         return out
 
@@ -119,10 +121,11 @@ class Engine:
         raise NotImplementedError
 
     def hf_generate(self, batch: Any, processor: Any | None, **extra: Any) -> dict[str, Any]:
-        model, n = self.ctx["model"], self.ctx["max_new_tokens"]
+        model, n, watch = self.ctx["model"], self.ctx["max_new_tokens"], self.ctx["gc"]
         clock = Clock()
-        timed = Timed(processor) if processor is not None else None
+        timed = Timed(processor, watch) if processor is not None else None
         processors = [clock] + ([timed] if timed is not None else [])
+        gc_before = watch.ns
         start = time.perf_counter()
         with torch.inference_mode():
             out = model.generate(
@@ -136,6 +139,8 @@ class Engine:
             "seconds": end - start,
             "decode_seconds": end - (clock.first or start),
             "constraint_seconds": (timed.ns / 1e9) if timed else 0.0,
+            "gc_seconds": (watch.ns - gc_before) / 1e9,
+            "constraint_gc_seconds": (timed.gc_ns / 1e9) if timed else 0.0,
         }
 
 
@@ -159,6 +164,8 @@ class GramspecGenerate(Engine):
     def generate(self, compiled: Any, schema: Any, messages: Any, batch: Any) -> dict[str, Any]:
         import gramspec
 
+        watch = self.ctx["gc"]
+        gc_before = watch.ns
         result = gramspec.generate(
             self.ctx["model"], self.ctx["tokenizer"], messages, schema=schema if self.constrained else None,
             max_new_tokens=self.ctx["max_new_tokens"], compile_options={"whitespace": self.ctx["whitespace"]},
@@ -169,6 +176,7 @@ class GramspecGenerate(Engine):
             "seconds": result.seconds,
             "decode_seconds": result.seconds - first,
             "constraint_seconds": result.stats.get("pipeline_us", 0) / 1e6,
+            "gc_seconds": (watch.ns - gc_before) / 1e9,  # those inside the pipeline are not told apart
             "full_masks": result.stats.get("full_masks", 0),
             "fast_path_hits": result.stats.get("fast_path_hits", 0),
         }
@@ -340,6 +348,10 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "tokens_per_s": tokens / seconds if seconds else None,
         "decode_ms_per_token": 1e3 * decode_seconds / decode_tokens if decode_tokens else None,
         "constraint_ms_per_token": 1e3 * sum(r["constraint_seconds"] for r in runs) / tokens if tokens else None,
+        "gc_ms_per_token": 1e3 * sum(r["gc_seconds"] for r in runs) / tokens if tokens else None,
+        "constraint_gc_ms_per_token": 1e3 * sum(r["constraint_gc_seconds"] for r in runs) / tokens
+        if tokens and all("constraint_gc_seconds" in r for r in runs)
+        else None,
         "decode_ms_per_token_median_of_runs": statistics.median(
             1e3 * r["decode_seconds"] / (len(r["tokens"]) - 1) for r in runs if len(r["tokens"]) > 1
         )
@@ -395,35 +407,45 @@ def render(report: dict[str, Any]) -> str:
             (d - own_base) if d is not None and own_base else None,
             f"{100 * (d / own_base - 1):+.1f}%" if d is not None and own_base else "-",
             f"{100 * (d / base - 1):+.1f}%" if d is not None and base else "-",
+            r["gc_ms_per_token"], r["constraint_gc_ms_per_token"],
             r.get("full_masks", "-"), r.get("fast_path_hits", "-"),
             "/".join(str(r["outcomes"][k]) for k in ("valid", "truncated", "INVALID")) if "outcomes" in r else "-",
             r.get("same_tokens_as_gs_processor", "-"),
         ])
     lines.append(table(
         ["engine", "gens", "tokens", "tok/s", "decode ms/tok", "constraint ms/tok", "delta ms/tok", "overhead",
-         "vs unconstr.", "full masks", "fast hits", "valid/trunc/INVALID", "same tokens"],
+         "vs unconstr.", "gc ms/tok", "gc in constraint", "full masks", "fast hits", "valid/trunc/INVALID", "same tokens"],
         rows,
     ))
     lines.append(
         "decode ms/tok: from the first logits call (prompt forward done) to the end, per later token; "
         "constraint ms/tok: time inside the constraint (processor call, or gramspec.generate's choose+advance) per token; "
-        "overhead: decode ms/tok over the engine's own baseline (gs-generate vs gs-generate-free, the others vs unconstrained)."
+        "overhead: decode ms/tok over the engine's own baseline (gs-generate vs gs-generate-free, the others vs unconstrained); "
+        "gc ms/tok: Python's garbage-collection pauses during the generations (a full collection scans every object of "
+        "the process: torch's and transformers' too), and those inside the processor's calls (counted in its constraint "
+        "time; gramspec.generate's are not told apart)."
     )
     ratio_rows = []
     for g in GRAMSPEC:
         for peer in PEERS:
             if g in res and peer in res:
                 a, b = res[g], res[peer]
+                without_gc = [
+                    r["constraint_ms_per_token"] - r["constraint_gc_ms_per_token"]
+                    if r["constraint_gc_ms_per_token"] is not None else None
+                    for r in (a, b)
+                ]
                 ratio_rows.append([
                     f"{g} / {peer}",
                     a["decode_ms_per_token"] / b["decode_ms_per_token"],
                     a["constraint_ms_per_token"] / b["constraint_ms_per_token"] if b["constraint_ms_per_token"] else None,
+                    without_gc[0] / without_gc[1] if None not in without_gc and without_gc[1] else None,
                     b["tokens_per_s"] / a["tokens_per_s"],
                 ])
     if ratio_rows:
         lines.append("")
         lines.append("Ratios gramspec / peer (>1: gramspec slower)")
-        lines.append(table(["pair", "decode ms/tok", "constraint ms/tok", "1 / tok/s"], ratio_rows))
+        lines.append(table(["pair", "decode ms/tok", "constraint ms/tok", "constraint w/o gc", "1 / tok/s"], ratio_rows))
     compile_rows = [
         [s["name"], *(s["compile_ms"].get(e) for e in report["compile_engines"])] for s in report["workload"]["schemas"]
     ]
@@ -498,6 +520,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "max_new_tokens": args.max_new_tokens,
         "whitespace": args.whitespace,
         "vocab": vocabulary_for(tokenizer, vocab_size=vocab_size, eos_token_ids=eos),
+        "gc": GcWatch(),  # installed for the measured generations
     }
     report: dict[str, Any] = {
         "benchmark": "bench_generate",
@@ -553,6 +576,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             note(f"{name}: warm-up failed: {type(exc).__name__}: {exc}")
     ctx["max_new_tokens"] = args.max_new_tokens
 
+    ctx["gc"].install()
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in engines}
     order = list(engines)
     cell = 0
@@ -590,6 +614,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             report["problems"].append(f"{name} on {s['name']} / {prompt!r}: tokens differ from gs-processor")
             cell += 1
             note(f"  {cell}/{total} cells, {time.perf_counter() - t0:.0f} s")
+    ctx["gc"].remove()
+    report["gc"] = ctx["gc"].summary()
     report["generation_seconds"] = time.perf_counter() - t0
     report["engines"] = {n: summarize(r) for n, r in runs.items() if r}
     report["runs"] = {n: [{k: v for k, v in r.items()} for r in rs] for n, rs in runs.items()}
