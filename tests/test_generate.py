@@ -135,6 +135,27 @@ def test_processor_is_reusable_across_generations(model: Any, tokenizer: Any) ->
     check_outputs(processor, "regex", second, n2)
 
 
+def test_processor_detects_a_new_prompt_one_token_longer_than_the_last_sequence(tokenizer: Any) -> None:
+    """A reused processor whose next prompt happens to be one token longer than its last
+    sequence starts over, instead of reading the new prompt's tail as generated tokens."""
+    processor = make_processor("regex", tokenizer)
+    digit = processor.grammar.vocab.token_bytes.index(b"1")
+    scores = torch.zeros(2, len(tokenizer))
+    prompt = torch.zeros(2, 3, dtype=torch.long)
+    processor(prompt, scores)
+    processor(torch.cat([prompt, torch.full((2, 1), digit)], dim=1), scores)  # the last sequence: 4 tokens
+    new_prompt = torch.full((2, 5), 7, dtype=torch.long)
+    expected = make_processor("regex", tokenizer)(new_prompt, scores)
+    assert torch.equal(processor(new_prompt, scores), expected)
+    assert processor.prompt_length == 5
+    # and a real continuation of it is still one
+    fresh = make_processor("regex", tokenizer)
+    fresh(new_prompt, scores)
+    step = torch.cat([new_prompt, torch.full((2, 1), digit)], dim=1)
+    assert torch.equal(processor(step, scores), fresh(step, scores))
+    assert processor.prompt_length == 5
+
+
 def test_processor_handles_more_logits_than_tokenizer_ids(tokenizer: Any) -> None:
     big = tiny_llama(len(tokenizer) + 7, seed=1)
     with torch.no_grad():  # make the extra ids the favourites: the mask must still forbid them

@@ -114,6 +114,7 @@ class GrammarConstraintLogitsProcessor(LogitsProcessor):
     def reset(self) -> None:
         """Forget the current generation (done automatically when a new one starts)."""
         self.prompt_length: int | None = None
+        self._prompt = torch.zeros(0, 0, dtype=torch.long)
         self._last_length = -1
         self._states: dict[tuple[int, ...], Matcher | object] = {}
         #: Rows (by index at the last step) that took a token the grammar rejects.
@@ -121,9 +122,14 @@ class GrammarConstraintLogitsProcessor(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         length = int(input_ids.shape[1])
-        if self.prompt_length is None or length != self._last_length + 1:
+        if (
+            self.prompt_length is None
+            or length != self._last_length + 1
+            or not torch.equal(input_ids[:, : self.prompt_length], self._prompt)
+        ):  # a new generation: another prompt, even one exactly one token longer than the last sequence
             self.reset()
             self.prompt_length = length
+            self._prompt = input_ids.clone()
         self._last_length = length
         generated = input_ids[:, self.prompt_length :].tolist()
         keys = [tuple(row) for row in generated]
