@@ -17,6 +17,7 @@ constraint still open when generation stops is reported by
 
 from __future__ import annotations
 
+import sys
 import threading
 import weakref
 from collections.abc import Iterable, Sequence
@@ -91,6 +92,7 @@ def compile_constraint(kind: str, source: Any, vocab: Vocabulary, **options: Any
 
 
 _REJECTED = object()  # a row whose tokens left the grammar (another processor forced a token)
+_TOKEN_BYTES = 8  # a token id in a row key (int64)
 
 
 class GrammarConstraintLogitsProcessor(LogitsProcessor):
@@ -116,7 +118,7 @@ class GrammarConstraintLogitsProcessor(LogitsProcessor):
         self.prompt_length: int | None = None
         self._prompt = torch.zeros(0, 0, dtype=torch.long)
         self._last_length = -1
-        self._states: dict[tuple[int, ...], Matcher | object] = {}
+        self._states: dict[bytes, Matcher | object] = {}
         #: Rows (by index at the last step) that took a token the grammar rejects.
         self.rejected_rows: set[int] = set()
 
@@ -131,14 +133,17 @@ class GrammarConstraintLogitsProcessor(LogitsProcessor):
             self.prompt_length = length
             self._prompt = input_ids.clone()
         self._last_length = length
-        generated = input_ids[:, self.prompt_length :].tolist()
-        keys = [tuple(row) for row in generated]
+        generated = input_ids[:, self.prompt_length :]
+        rows = (generated if generated.device.type == "cpu" else generated.cpu()).numpy().astype(np.int64, copy=False)
+        # a row's key is its generated tokens' bytes: building and hashing it stays
+        # in C, so long generations do not pay a Python tuple per row and token
+        keys = [row.tobytes() for row in rows]
         # a parent state continued by a single row is advanced in place, otherwise forked
-        children: dict[tuple[int, ...], int] = {}
-        for key in keys:
-            if key:
-                children[key[:-1]] = children.get(key[:-1], 0) + 1
-        states: dict[tuple[int, ...], Matcher | object] = {}
+        children: dict[bytes, int] = {}
+        if rows.shape[1]:
+            for key in keys:
+                children[key[:-_TOKEN_BYTES]] = children.get(key[:-_TOKEN_BYTES], 0) + 1
+        states: dict[bytes, Matcher | object] = {}
         bitmask = np.zeros((len(keys), self._words), dtype=np.int32)
         self.rejected_rows = set()
         argmax = finite = None
@@ -166,17 +171,19 @@ class GrammarConstraintLogitsProcessor(LogitsProcessor):
         self._states = states
         return apply_token_bitmask(scores, bitmask)  # type: ignore[return-value]
 
-    def _derive(self, key: tuple[int, ...], children: dict[tuple[int, ...], int]) -> Matcher | object:
+    def _derive(self, key: bytes, children: dict[bytes, int]) -> Matcher | object:
         if not key:
             return self.grammar.matcher()
-        parent = self._states.get(key[:-1])
+        parent_key = key[:-_TOKEN_BYTES]
+        parent = self._states.get(parent_key)
         if parent is None:
-            return self._walk(key)
+            return self._walk(np.frombuffer(key, dtype=np.int64).tolist())
         if parent is _REJECTED or (isinstance(parent, Matcher) and parent.is_terminated()):
             return parent
         assert isinstance(parent, Matcher)
-        matcher = parent if children.get(key[:-1], 0) <= 1 else parent.fork()
-        return matcher if matcher.advance(key[-1]) else _REJECTED
+        matcher = parent if children.get(parent_key, 0) <= 1 else parent.fork()
+        token = int.from_bytes(key[-_TOKEN_BYTES:], sys.byteorder, signed=True)
+        return matcher if matcher.advance(token) else _REJECTED
 
     def _walk(self, tokens: Sequence[int]) -> Matcher | object:
         matcher = self.grammar.matcher()
