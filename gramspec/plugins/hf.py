@@ -92,7 +92,8 @@ def compile_constraint(kind: str, source: Any, vocab: Vocabulary, **options: Any
 
 
 _REJECTED = object()  # a row whose tokens left the grammar (another processor forced a token)
-_TOKEN_BYTES = 8  # a token id in a row key (int64)
+_TOKEN_DTYPE = np.dtype(np.int64)  # of the token ids in a row key
+_TOKEN_BYTES = _TOKEN_DTYPE.itemsize
 
 
 class GrammarConstraintLogitsProcessor(LogitsProcessor):
@@ -134,7 +135,7 @@ class GrammarConstraintLogitsProcessor(LogitsProcessor):
             self._prompt = input_ids.clone()
         self._last_length = length
         generated = input_ids[:, self.prompt_length :]
-        rows = (generated if generated.device.type == "cpu" else generated.cpu()).numpy().astype(np.int64, copy=False)
+        rows = (generated if generated.device.type == "cpu" else generated.cpu()).numpy().astype(_TOKEN_DTYPE, copy=False)
         # a row's key is its generated tokens' bytes: building and hashing it stays
         # in C, so long generations do not pay a Python tuple per row and token
         keys = [row.tobytes() for row in rows]
@@ -177,7 +178,7 @@ class GrammarConstraintLogitsProcessor(LogitsProcessor):
         parent_key = key[:-_TOKEN_BYTES]
         parent = self._states.get(parent_key)
         if parent is None:
-            return self._walk(np.frombuffer(key, dtype=np.int64).tolist())
+            return self._walk(np.frombuffer(key, dtype=_TOKEN_DTYPE).tolist())
         if parent is _REJECTED or (isinstance(parent, Matcher) and parent.is_terminated()):
             return parent
         assert isinstance(parent, Matcher)
