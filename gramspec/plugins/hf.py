@@ -116,25 +116,29 @@ class GrammarConstraintLogitsProcessor(LogitsProcessor):
 
     def reset(self) -> None:
         """Forget the current generation (done automatically when a new one starts)."""
-        self.prompt_length: int | None = None
-        self._prompt = torch.zeros(0, 0, dtype=torch.long)
+        self._prompt: torch.Tensor | None = None  # the current generation's prompt
         self._last_length = -1
         self._states: dict[bytes, Matcher | object] = {}
         #: Rows (by index at the last step) that took a token the grammar rejects.
         self.rejected_rows: set[int] = set()
 
+    @property
+    def prompt_length(self) -> int | None:
+        """The current generation's prompt length (None before the first call)."""
+        return None if self._prompt is None else int(self._prompt.shape[1])
+
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         length = int(input_ids.shape[1])
+        prompt = self._prompt
         if (
-            self.prompt_length is None
+            prompt is None
             or length != self._last_length + 1
-            or not torch.equal(input_ids[:, : self.prompt_length], self._prompt)
+            or not torch.equal(input_ids[:, : prompt.shape[1]], prompt)
         ):  # a new generation: another prompt, even one exactly one token longer than the last sequence
             self.reset()
-            self.prompt_length = length
-            self._prompt = input_ids.clone()
+            prompt = self._prompt = input_ids.clone()
         self._last_length = length
-        generated = input_ids[:, self.prompt_length :]
+        generated = input_ids[:, prompt.shape[1] :]
         rows = (generated if generated.device.type == "cpu" else generated.cpu()).numpy().astype(_TOKEN_DTYPE, copy=False)
         # a row's key is its generated tokens' bytes: building and hashing it stays
         # in C, so long generations do not pay a Python tuple per row and token
