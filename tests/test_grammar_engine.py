@@ -297,6 +297,38 @@ def test_mask_bits_and_range_expansion_match_plain_python(path: str, monkeypatch
         compiled.set_mask_bits(np.zeros(2, dtype=np.int32), np.array([64]))
 
 
+def test_flat_trie_is_the_tries_preorder(vocab_for) -> None:  # type: ignore[no-untyped-def]
+    """The compiled walk's layout, checked against the levels' parent links:
+    each node comes right after its parent or after its previous sibling's
+    subtree, its subtree ends at the first later node no deeper than it, and
+    every field is the level's field of the same node."""
+    from gramspec.grammars.compiled import TokenTable, TokenTrie
+
+    table = TokenTable(vocab_for("gpt-2"))
+    trie = TokenTrie.build(table, table.nonempty)
+    flat = trie.flat
+    n = flat.node.size
+    assert sorted(flat.node.tolist()) == list(range(n)) and (flat.position[flat.node] == np.arange(n)).all()
+    depth = flat.depth.tolist()
+    # end: the first later node at the same depth or above (a stack of open nodes)
+    want_end = [n] * n
+    open_nodes: list[int] = []
+    for p, d in enumerate(depth):
+        while open_nodes and depth[open_nodes[-1]] >= d:
+            want_end[open_nodes.pop()] = p
+        open_nodes.append(p)
+    assert flat.end.tolist() == want_end
+    for d, level in enumerate(trie.levels):
+        p = flat.position[flat.offsets[d] + np.arange(level.parent.size)]
+        assert (flat.depth[p] == d).all()
+        for name in ("byte", "lo", "hi", "exact"):
+            assert (getattr(flat, name)[p] == getattr(level, name)).all(), name
+        assert (flat.below[p] == level.below).all()
+        if d:
+            parent = flat.position[flat.offsets[d - 1] + level.parent]
+            assert ((parent < p) & (p < flat.end[parent])).all()
+
+
 def test_compiled_walk_gives_the_numpy_walks_classes(vocab_for, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """From every lexer state that texts of several grammars reach, both trie
     walks (the numba kernel, the numpy walk) return the same inside tokens and

@@ -580,20 +580,19 @@ class CompiledGrammar:
         flat = trie.flat
         # the start nodes have disjoint subtrees, so no node is visited twice
         scratch = flat.scratch()
-        scratch.stack_node[: nodes.size] = (flat.offsets[depths] + nodes)[::-1]
-        scratch.stack_state[: nodes.size] = lexer_state
+        starts = scratch.starts[: nodes.size]
+        starts[:] = flat.position[flat.offsets[depths] + nodes]
         cursor = scratch.cursor
-        cursor[:] = (nodes.size, 0, 0)
-        # a state on the stack has its row expanded and the representatives
-        # of the states it leads to known (what loops() computes)
+        cursor[:] = (0, -1, 0, 0)
+        # a state reached has its row expanded and the representatives of the
+        # states it leads to known (what loops() computes)
         horizon.prepare(lexer_state)
         needed = 0
         while needed >= 0:
             arrays = horizon.kernel_arrays()
             needed = kernel(
-                flat.byte, flat.lo, flat.hi, flat.exact, flat.child_lo, flat.child_hi, flat.below,
-                lexer.table, lexer.has_accept, *arrays,
-                scratch.stack_node, scratch.stack_state, cursor,
+                flat.byte, flat.depth, flat.lo, flat.hi, flat.exact, flat.end, flat.below,
+                lexer.table, lexer.has_accept, *arrays, starts, lexer_state, scratch.state_at, cursor,
                 scratch.range_lo, scratch.range_hi, scratch.cross_node, scratch.cross_state,
             )
             if needed >= 0:
@@ -602,8 +601,8 @@ class CompiledGrammar:
         positions = _expand_ranges(scratch.range_lo[:n_ranges], scratch.range_hi[:n_ranges])
         if not n_cross:
             return positions, {}
-        crossing = scratch.cross_node[:n_cross]
-        depth = flat.depth_of(crossing)
+        crossing = flat.node[scratch.cross_node[:n_cross]]
+        depth = flat.depth[scratch.cross_node[:n_cross]]
         # _group_crossings copies what it keeps out of the scratch buffers
         return positions, _group_crossings(depth, (crossing - flat.offsets[depth]).astype(np.int32), scratch.cross_state[:n_cross])
 
