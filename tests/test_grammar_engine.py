@@ -225,8 +225,7 @@ def test_shared_subtree_walks_match_brute_force(vocab_for, monkeypatch) -> None:
     """Lexer states that differ in a few bytes (a listed key being matched beside
     the string of any other key) hand the subtrees their walks reach in one state
     to that state's cached walks; the masks stay exact. (The numpy walk's
-    sharing: the compiled walk visits each node at a few nanoseconds and does
-    not need it.)"""
+    sharing: the compiled walk does without it.)"""
     from gramspec.grammars import trie_walk
 
     monkeypatch.setattr(trie_walk, "walk_kernel", None)
@@ -295,6 +294,58 @@ def test_mask_bits_and_range_expansion_match_plain_python(path: str, monkeypatch
         assert compiled._expand_ranges(lo, hi).tolist() == want
     with pytest.raises(IndexError):
         compiled.set_mask_bits(np.zeros(2, dtype=np.int32), np.array([64]))
+
+
+def _horizon_partition_by_brute_force(transitions: np.ndarray, accepting: np.ndarray, alphabet: bytes, horizon: int) -> list[int]:
+    """States numbered by what every string over ``alphabet`` of at most ``horizon`` bytes does from them."""
+    import itertools
+
+    strings = [w for length in range(horizon + 1) for w in itertools.product(alphabet, repeat=length)]
+    signatures: dict[tuple[int, ...], int] = {}
+    out = []
+    for state in range(transitions.shape[0]):
+        signature = []
+        for string in strings:  # every prefix is listed too, so the end status is enough
+            at = state
+            for byte in string:
+                at = int(transitions[at, byte]) if at >= 0 else -1
+            signature.append(-1 if at < 0 else int(accepting[at]))
+        out.append(signatures.setdefault(tuple(signature), len(signatures)))
+    return out
+
+
+@pytest.mark.parametrize("path", ["kernel", "numpy"])
+def test_horizon_labels_are_the_partition_strings_of_that_length_make(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Moore refinement for h rounds, compiled and in numpy, equates exactly
+    the states that no string of at most h bytes tells apart (brute force over
+    every such string), on random DFAs and on a counted regex."""
+    from gramspec.grammars import regex_dfa
+
+    if path == "numpy":
+        monkeypatch.setattr(regex_dfa, "_moore_kernel", None)
+    elif regex_dfa._moore_kernel is None:
+        pytest.skip("numba is not installed (or GRAMSPEC_JIT=0)")
+
+    def numbered(labels: np.ndarray) -> list[int]:
+        first: dict[int, int] = {}
+        return [first.setdefault(label, len(first)) for label in labels.tolist()]
+
+    alphabet = b"abc"
+    rng = np.random.default_rng(11)
+    dfas = []
+    for n in (1, 4, 12, 30):
+        transitions = np.full((n, 256), -1, dtype=np.int32)
+        transitions[:, list(alphabet)] = rng.integers(-1, n, size=(n, len(alphabet)))
+        dfas.append(regex_dfa.ByteDFA(transitions, rng.random(n) < 0.4))
+    dfas.append(regex_dfa.regex_to_dfa("(a|b){2,9}c(ab)*"))
+    for dfa in dfas:
+        successors = dfa.transitions[:, dfa._byte_classes]
+        for horizon in (0, 1, 2, 3, 6):
+            got = numbered(regex_dfa._moore_refinement(successors, dfa.accepting, horizon))
+            want = _horizon_partition_by_brute_force(dfa.transitions, dfa.accepting, alphabet, horizon)
+            assert got == want, (dfa.n_states, horizon)
+    counted = dfas[-1]
+    assert len({counted.horizon_classes(2)(s) for s in range(counted.n_states)}) < counted.n_states  # some merge
 
 
 def test_flat_trie_is_the_tries_preorder(vocab_for) -> None:  # type: ignore[no-untyped-def]

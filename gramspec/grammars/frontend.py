@@ -30,7 +30,7 @@ from gramspec.grammars.earley import Rule, productive_rules
 from gramspec.grammars.regex_dfa import DEFAULT_REGEX_SECONDS, ByteDFA, has_lazy_quantifier, regex_to_dfa
 from gramspec.vocab import Vocabulary
 
-_SPEC_FORMAT = 1  # bump when GrammarSpec's pickled layout changes
+_SPEC_FORMAT = 2  # bump when GrammarSpec's pickled layout changes
 _memory: dict[tuple[str, str], CompiledGrammar] = {}
 _memory_lock = threading.Lock()
 

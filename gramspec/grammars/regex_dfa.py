@@ -22,7 +22,8 @@ import signal
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import interegular
@@ -30,6 +31,7 @@ import numpy as np
 from interegular.fsm import anything_else
 
 from gramspec.errors import GrammarError, LimitError
+from gramspec.jit import kernel
 
 try:  # Python 3.11+ keeps the regex parser here
     import re._parser as _sre_parse  # type: ignore[import-not-found]
@@ -53,6 +55,9 @@ class ByteDFA:
     transitions: np.ndarray  # int32 [n_states, 256]
     accepting: np.ndarray  # bool [n_states]
     start: int = 0
+    # horizon -> state labels (see horizon_classes): kept with the DFA, which
+    # compiled grammars share through the DFA cache
+    _labels_by_horizon: dict[int, list[int]] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def n_states(self) -> int:
@@ -75,34 +80,105 @@ class ByteDFA:
         if isinstance(self.transitions, _CountedRows):
             rows = self.transitions
             return lambda state: rows.horizon_class(state, horizon)
-        labels = _horizon_labels(self.transitions, self.accepting, horizon).tolist()
+        labels = self._labels_by_horizon.get(horizon)
+        if labels is None:
+            labels = self._labels_by_horizon.setdefault(horizon, _horizon_labels(self, horizon).tolist())
         return labels.__getitem__
+
+    @cached_property
+    def _byte_classes(self) -> np.ndarray:
+        """The first byte of each class of bytes that every state treats alike."""
+        first, _ = _group_rows(np.ascontiguousarray(self.transitions.T), np.random.default_rng(0))
+        return first
 
 
 #: Above this many states, Moore refinement is not tried (every state is its own class).
 _MAX_REFINED_STATES = 50_000
 
 
-def _horizon_labels(transitions: np.ndarray, accepting: np.ndarray, horizon: int) -> np.ndarray:
-    """Moore refinement for ``horizon`` rounds (or until stable): round ``h``
-    splits states that some string of ``h`` bytes tells apart."""
-    n = transitions.shape[0]
+def _horizon_labels(dfa: ByteDFA, horizon: int) -> np.ndarray:
+    """Labels telling apart the states that some string of at most ``horizon`` bytes tells apart."""
+    n = dfa.n_states
     # two states that some string tells apart are told apart by one of at
     # most n - 2 bytes: a DFA that small gains nothing over its own states
     if n <= horizon + 2 or n > _MAX_REFINED_STATES:
         return np.arange(n)
-    rng = np.random.default_rng(0)
-    # a state's own label, then its successors' by class of bytes (-1, dead, picks the appended -1)
-    first, _ = _group_rows(transitions.T, rng)
-    columns = np.column_stack([np.arange(n), transitions[:, first]])
+    return _moore_refinement(dfa.transitions[:, dfa._byte_classes], dfa.accepting, horizon)
+
+
+def _moore_refinement(successors: np.ndarray, accepting: np.ndarray, rounds: int) -> np.ndarray:
+    """Moore refinement for ``rounds`` rounds (or until stable) of the DFA with
+    ``successors`` (``[n, k]``: the next state on one byte of each class, -1
+    dead): round ``h`` splits states that some string of ``h`` bytes tells apart."""
     labels = accepting.astype(np.int64)
+    if _moore_kernel is not None:
+        return _moore_kernel(np.ascontiguousarray(successors, dtype=np.int32), labels, rounds)  # type: ignore[no-any-return]
+    n = successors.shape[0]
+    rng = np.random.default_rng(0)
+    # a state's own label, then its successors' (-1, dead, picks the appended -1)
+    columns = np.column_stack([np.arange(n), successors])
     count = int(np.unique(labels).size)
-    for _ in range(horizon):
+    for _ in range(rounds):
         _, labels = _group_rows(np.append(labels, -1)[columns], rng)
         if int(labels.max()) + 1 == count:  # refinement only splits: same count, same partition
             break
         count = int(labels.max()) + 1
     return labels
+
+
+def _moore_rounds(successors: np.ndarray, labels: np.ndarray, rounds: int) -> np.ndarray:
+    """:func:`_moore_refinement`'s rounds, compiled: each round interns every
+    state's (label, successors' labels) in an open-addressing table whose
+    slots hold a state with that key (keys are compared in full, so the
+    partition is exact whatever the hash)."""
+    n, k = successors.shape
+    size = 2
+    while size < 2 * n:
+        size *= 2
+    mask = np.uint64(size - 1)
+    table = np.empty(size, dtype=np.int64)
+    new = np.empty(n, dtype=np.int64)
+    count = 0
+    seen = np.zeros(n + 1, dtype=np.bool_)
+    for s in range(n):
+        if not seen[labels[s]]:
+            seen[labels[s]] = True
+            count += 1
+    for _ in range(rounds):
+        table[:] = -1
+        fresh = 0
+        for s in range(n):
+            h = np.uint64(labels[s] + 1) * np.uint64(0x9E3779B97F4A7C15)
+            for j in range(k):
+                t = successors[s, j]
+                x = labels[t] + 1 if t >= 0 else 0
+                h = (h ^ np.uint64(x)) * np.uint64(0x100000001B3)
+            slot = (h ^ (h >> np.uint64(29))) & mask
+            while True:
+                r = table[slot]
+                if r < 0:
+                    table[slot] = s
+                    new[s] = fresh
+                    fresh += 1
+                    break
+                same = labels[r] == labels[s]
+                j = 0
+                while same and j < k:
+                    a, b = successors[r, j], successors[s, j]
+                    same = (labels[a] if a >= 0 else -1) == (labels[b] if b >= 0 else -1)
+                    j += 1
+                if same:
+                    new[s] = new[r]
+                    break
+                slot = (slot + np.uint64(1)) & mask
+        labels, new = new, labels
+        if fresh == count:  # refinement only splits: same count, same partition
+            break
+        count = fresh
+    return labels
+
+
+_moore_kernel = kernel(_moore_rounds)
 
 
 def _group_rows(rows: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
