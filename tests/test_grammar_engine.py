@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 import threading
@@ -298,8 +299,6 @@ def test_mask_bits_and_range_expansion_match_plain_python(path: str, monkeypatch
 
 def _horizon_partition_by_brute_force(transitions: np.ndarray, accepting: np.ndarray, alphabet: bytes, horizon: int) -> list[int]:
     """States numbered by what every string over ``alphabet`` of at most ``horizon`` bytes does from them."""
-    import itertools
-
     strings = [w for length in range(horizon + 1) for w in itertools.product(alphabet, repeat=length)]
     signatures: dict[tuple[int, ...], int] = {}
     out = []
@@ -346,6 +345,115 @@ def test_horizon_labels_are_the_partition_strings_of_that_length_make(path: str,
             assert got == want, (dfa.n_states, horizon)
     counted = dfas[-1]
     assert len({counted.horizon_classes(2)(s) for s in range(counted.n_states)}) < counted.n_states  # some merge
+
+
+def test_utf8_decoder_takes_exactly_the_well_formed_sequences() -> None:
+    """regex_dfa.UTF8_STEP against Python's decoder: every scalar value's
+    encoding ends on a boundary, and every 1- and 2-byte sequence and a
+    sample of 3- and 4-byte ones end on a boundary iff Python decodes them."""
+    from gramspec.grammars.regex_dfa import UTF8_STEP
+
+    def end_state(data: bytes) -> int:
+        state = 0
+        for byte in data:
+            state = int(UTF8_STEP[state, byte])
+            if state < 0:
+                break
+        return state
+
+    def decodes(data: bytes) -> bool:
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+        return True
+
+    assert all(end_state(chr(c).encode()) == 0 for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF)
+    rng = random.Random(5)
+    samples = [bytes([a]) for a in range(256)] + [bytes([a, b]) for a in range(256) for b in range(256)]
+    samples += [bytes(rng.choice([rng.randrange(256), rng.randrange(0x80, 0xC0)]) for _ in range(n)) for n in (3, 4) for _ in range(20000)]
+    samples += [bytes([lead, rng.randrange(0x80, 0xC0), rng.randrange(0x80, 0xC0)]) for lead in range(0xE0, 0xF0) for _ in range(200)]
+    samples += [bytes([lead] + [rng.randrange(0x80, 0xC0) for _ in range(3)]) for lead in range(0xF0, 0xF8) for _ in range(200)]
+    for data in samples:
+        assert (end_state(data) == 0) == decodes(data), data
+
+
+def test_trie_marks_the_subtrees_of_well_formed_utf8(vocab_for) -> None:  # type: ignore[no-untyped-def]
+    """A trie node's utf8 flag is set iff every token below it continues,
+    after the node's bytes, with well-formed UTF-8 whose last character may
+    be cut short (brute force over the tokens of Llama-3's vocabulary, rich in
+    multi-byte characters, and of hand-picked broken ones)."""
+    from gramspec.grammars.compiled import TokenTable
+
+    completions = [bytes(c) for n in range(4) for c in itertools.product((0x80, 0x90, 0xA0), repeat=n)]
+
+    def well_formed_prefix(data: bytes) -> bool:
+        for completion in completions:  # a last character cut short lacks at most three bytes
+            try:
+                (data + completion).decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            return True
+        return False
+
+    picked = [b"\xc3\xa9", b"\xc3", b"a\xc3", b"\xe6\x97\xa5\xe6", b"\xed\xa0\x80", b"\xe0\x80\x80", b"\xf4\x90\x80\x80", b"\x80", b"\xc3\xa9\x80"]
+    picked_vocab = Vocabulary.from_token_bytes([bytes([b]) for b in range(256)] + picked, eos_token_ids=[])
+    for vocab in (vocab_for("llama-bpe"), picked_vocab):
+        # [token, offset]: the token's bytes from that offset on are well-formed (past its end: True)
+        width = max(len(data) for data in vocab.token_bytes) + 2
+        tail_ok = np.ones((vocab.size, width), dtype=bool)
+        for token, data in enumerate(vocab.token_bytes):
+            if not data.isascii():
+                tail_ok[token, : len(data)] = [well_formed_prefix(data[cut:]) for cut in range(len(data))]
+        trie = TokenTable(vocab).tries[0]
+        for depth, level in enumerate(trie.levels):
+            # the tokens of a node at this depth are a range of the order
+            broken = np.concatenate([[0], np.cumsum(~tail_ok[trie.order, depth + 1])])
+            want = broken[level.hi] == broken[level.lo]
+            assert np.array_equal(level.utf8, want), (depth, np.flatnonzero(level.utf8 != want)[:5])
+
+
+_CHARACTER_CASES = {
+    # every character loops on the body: whole-character subtrees settle
+    "json string": ({"type": "string"}, True),
+    # one character is not allowed: no state of the body loops on every character
+    "no e-acute": ({"type": "string", "pattern": "^[^\u00e9]*$"}, False),
+    # characters up to U+07FF only: three- and four-byte ones are dead
+    "two-byte characters": ({"type": "string", "pattern": "^[\u0000-\u07ff]*$"}, False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_CHARACTER_CASES))
+@pytest.mark.usefixtures("trie_walk")
+def test_whole_character_subtrees_settle_only_where_every_character_loops(name: str) -> None:
+    """Masks inside strings of multi-byte characters match brute force (tokens
+    with whole, cut-short, broken and excluded characters); the body of a
+    string that takes every character loops on them, a body that excludes some
+    does not."""
+    schema, loops = _CHARACTER_CASES[name]
+    characters = ["\u00e9", "\u00f1", "\u07ff", "\u0800", "\u65e5\u672c", "\U0001f600", "\u00e9\u65e5", "a\u00e9", "\u00e9\"", "\u00f1 b"]
+    tokens = [bytes([b]) for b in range(256)] + [c.encode() for c in characters]
+    tokens += [b"\xc3", b"a\xc3", b"\xe6\x97", b"\xe6\x97\xa5\xe6", b"\xed\xa0\x80", b"\xc3\xa9\x80", b"\xf0\x9f\x98", b'"\xc3\xa9', b'"ab']
+    # broken after a whole character, below nodes whose other bytes all loop
+    tokens += [b"\xc3\xb1\x80", b"\xc3\xb1\xed\xa0\x80", b"\xc3\xb1\xe0\x80\x80", b"b\xf4\x90\x80\x80", b"b\xc3\xb1"]
+    vocab = Vocabulary.from_token_bytes(tokens + [b""], eos_token_ids=[len(tokens)])
+    grammar = compile_json_schema(schema, vocab)
+    ref = reference(grammar)
+    text = '"a\u00f1b\u00e9'.encode() if loops else '"a\u00f1b'.encode()
+    body = None
+    for cut in range(len(text) + 1):
+        state = grammar.walk(grammar.initial_state, text[:cut])
+        assert state is not None, text[:cut]
+        want = brute_force_mask(ref, ref.walk(ref.initial_state, text[:cut]))  # type: ignore[arg-type]
+        wrong = np.flatnonzero(unpack_mask(grammar.mask(state), vocab.size) != want)
+        assert wrong.size == 0, (text[:cut], [vocab.token_bytes[i] for i in wrong[:10]])
+        if cut == 2:
+            body = state
+    assert body is not None
+    for _, horizon in grammar._tries:
+        representative = horizon.representative(body[1])
+        horizon.prepare(representative)
+        assert bool(horizon.kernel_arrays()[3][representative]) == loops
 
 
 def test_flat_trie_is_the_tries_preorder(vocab_for) -> None:  # type: ignore[no-untyped-def]

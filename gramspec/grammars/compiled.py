@@ -48,7 +48,7 @@ from gramspec.errors import MatcherError
 from gramspec.grammars import trie_walk
 from gramspec.grammars.earley import EarleyParser, Rule
 from gramspec.grammars.lexer import Lexer
-from gramspec.grammars.regex_dfa import ByteDFA
+from gramspec.grammars.regex_dfa import UTF8_STEP, ByteDFA
 from gramspec.jit import kernel
 from gramspec.vocab import Vocabulary
 
@@ -174,6 +174,7 @@ class TrieLevel:
     child_lo: np.ndarray  # int32 range of children in the level below
     child_hi: np.ndarray
     below: np.ndarray  # uint64 [n, 4]: bit set of the bytes after the prefix in these tokens
+    utf8: np.ndarray  # bool: the bytes after the prefix in these tokens are well-formed UTF-8 from a character's start (a last character may be cut short)
 
 
 @dataclass(frozen=True)
@@ -219,24 +220,32 @@ class TokenTrie:
             raw.append(((unique >> 8).astype(np.int32), (unique & 255).astype(np.uint8), lo, (lo + counts).astype(np.int32), exact))
         levels: list[TrieLevel] = []
         below_next: np.ndarray | None = None
+        # well_formed[i, k]: the bytes after prefix i are well-formed UTF-8
+        # from decoder state k (see regex_dfa.UTF8_STEP)
+        well_formed_next: np.ndarray | None = None
         for depth in range(len(raw) - 1, -1, -1):
             parent, byte, lo, hi, exact = raw[depth]
             n = parent.size
             below = np.zeros((n, 4), dtype=np.uint64)
+            well_formed = np.ones((n, UTF8_STEP.shape[0]), dtype=bool)
             if depth + 1 < len(raw):
                 child_parent, child_byte = raw[depth + 1][0], raw[depth + 1][1]
                 child_lo = np.searchsorted(child_parent, np.arange(n), side="left").astype(np.int32)
                 child_hi = np.searchsorted(child_parent, np.arange(n), side="right").astype(np.int32)
-                assert below_next is not None
+                assert below_next is not None and well_formed_next is not None
                 child_bits = below_next.copy()
                 word, bit = child_byte >> 6, (child_byte & 63).astype(np.uint64)
                 child_bits[np.arange(child_byte.size), word] |= np.uint64(1) << bit
                 has = child_hi > child_lo
                 below[has] = np.bitwise_or.reduceat(child_bits, child_lo[has], axis=0)
+                # a child's byte is allowed in decoder state k and its own tail is well-formed from the next state
+                step = UTF8_STEP[:, child_byte].T.astype(np.int64)  # [children, k]
+                child_ok = (step >= 0) & np.take_along_axis(well_formed_next, np.maximum(step, 0), axis=1)
+                well_formed[has] = np.logical_and.reduceat(child_ok, child_lo[has], axis=0)
             else:
                 child_lo = child_hi = np.zeros(n, dtype=np.int32)
-            levels.append(TrieLevel(parent, byte, lo, hi, exact, child_lo, child_hi, below))
-            below_next = below
+            levels.append(TrieLevel(parent, byte, lo, hi, exact, child_lo, child_hi, below, well_formed[:, 0].copy()))
+            below_next, well_formed_next = below, well_formed
         return cls(order.astype(np.int32), tuple(reversed(levels)))
 
 
@@ -551,7 +560,10 @@ class CompiledGrammar:
                 frontier, after = frontier[live], after[live]
             after = horizon.representatives(after)
             # loops() expands the rows of these states: the next depth steps them
-            settled = ~(level.below[frontier] & ~horizon.loops(after)).any(axis=1)
+            loops, loops_on_characters = horizon.loops(after)
+            outside = level.below[frontier] & ~loops
+            # ASCII bytes that loop, and the others too or whole characters that loop (see trie_walk)
+            settled = ~outside[:, :2].any(axis=1) & (~outside[:, 2:].any(axis=1) | (level.utf8[frontier] & loops_on_characters))
             lo = level.lo[frontier]
             inside_lo.append(lo)
             inside_hi.append(np.where(settled, level.hi[frontier], lo + level.exact[frontier]))
@@ -591,7 +603,7 @@ class CompiledGrammar:
         while needed >= 0:
             arrays = horizon.kernel_arrays()
             needed = kernel(
-                flat.byte, flat.depth, flat.lo, flat.hi, flat.exact, flat.end, flat.below,
+                flat.byte, flat.depth, flat.lo, flat.hi, flat.exact, flat.end, flat.below, flat.utf8,
                 lexer.table, lexer.has_accept, *arrays, starts, lexer_state, scratch.state_at, cursor,
                 scratch.range_lo, scratch.range_hi, scratch.cross_node, scratch.cross_state,
             )

@@ -20,7 +20,7 @@ from collections.abc import Callable, Hashable, Sequence
 
 import numpy as np
 
-from gramspec.grammars.regex_dfa import ByteDFA
+from gramspec.grammars.regex_dfa import UTF8_STEP, ByteDFA
 
 Pairs = tuple[tuple[int, int], ...]
 
@@ -171,6 +171,9 @@ class Horizon:
         # such bytes, up to ``length + 1`` of them, keeps the lexeme alive
         self._loops = np.zeros((64, 4), dtype=np.uint64)
         self._has_loops = np.zeros(64, dtype=bool)
+        # every multi-byte UTF-8 character leads back to an equivalent state
+        # through live ones (known where _has_loops is)
+        self._loops_on_characters = np.zeros(64, dtype=bool)
 
     def _grow(self, states: int) -> None:
         if states > self._representative.shape[0]:
@@ -181,6 +184,7 @@ class Horizon:
                     self._representative = np.concatenate([self._representative, np.full(grow, -1, dtype=np.int32)])
                     self._loops = np.concatenate([self._loops, np.zeros((grow, 4), dtype=np.uint64)])
                     self._has_loops = np.concatenate([self._has_loops, np.zeros(grow, dtype=bool)])
+                    self._loops_on_characters = np.concatenate([self._loops_on_characters, np.zeros(grow, dtype=bool)])
 
     def representative(self, state: int) -> int:
         """The first state seen in ``state``'s class."""
@@ -207,14 +211,14 @@ class Horizon:
             found = self._representative[states]
         return found
 
-    def loops(self, states: np.ndarray) -> np.ndarray:
-        """The loop bit sets (``[n, 4]`` uint64) of ``states``."""
+    def loops(self, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The loop bit sets (``[n, 4]`` uint64) of ``states``, and whether every multi-byte character loops on each."""
         self._grow(len(self.lexer))
         missing = ~self._has_loops[states]
         if missing.any():
             for state in np.unique(states[missing]).tolist():
                 self.prepare(state)
-        return self._loops[states]
+        return self._loops[states], self._loops_on_characters[states]
 
     def prepare(self, state: int) -> None:
         """Build ``state``'s loop bits (and its row) unless they are known."""
@@ -234,12 +238,41 @@ class Horizon:
                 alive = row >= 0
                 same[alive] = self._representative[row[alive]] == own
             self._loops[state] = np.packbits(same, bitorder="little").view(np.uint64)
+        # only a state that some ASCII byte loops on can be a string's body
+        self._loops_on_characters[state] = bool(self._loops[state, :2].any()) and self._characters_loop(state, own)
         self._has_loops[state] = True
 
-    def kernel_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(representative, loops, has_loops) as they stand, covering every lexer state so far."""
+    def _characters_loop(self, state: int, own: int) -> bool:
+        """Whether every multi-byte UTF-8 character leads from ``state``
+        through live states to one in class ``own``: the lexer and the
+        decoder (regex_dfa.UTF8_STEP) stepped together over the bytes the
+        decoder allows, until each character is complete."""
+        lexer = self.lexer
+        if (lexer.row(state)[0xC2:0xF5] < 0).any():  # quick: some character's first byte is dead
+            return False
+        pending = [(state, 0)]
+        seen = set(pending)
+        while pending:
+            at, decoder = pending.pop()
+            allowed = UTF8_STEP[decoder] >= 0
+            if decoder == 0:
+                allowed[:0x80] = False  # ASCII bytes are the loop bits' business
+            targets = lexer.row(at)[allowed]
+            if (targets < 0).any():
+                return False
+            for target, after in set(zip(targets.tolist(), UTF8_STEP[decoder][allowed].tolist())):
+                if after == 0:
+                    if self.representative(target) != own:
+                        return False
+                elif (target, after) not in seen:
+                    seen.add((target, after))
+                    pending.append((target, after))
+        return True
+
+    def kernel_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(representative, loops, has_loops, loops_on_characters) as they stand, covering every lexer state so far."""
         self._grow(len(self.lexer))
-        return self._representative, self._loops, self._has_loops
+        return self._representative, self._loops, self._has_loops, self._loops_on_characters
 
     def _terminal_class(self, terminal: int, state: int) -> Hashable:
         classes = self._terminal_classes.get(terminal)

@@ -42,6 +42,28 @@ _MAX_UNICODE = 0x10FFFF
 _SURROGATES = (0xD800, 0xDFFF)
 _CONT = 64  # values of one UTF-8 continuation byte
 
+def _utf8_decoder() -> np.ndarray:
+    """Well-formed UTF-8 (Unicode's table 3-7: no overlong forms, no
+    surrogates, nothing past U+10FFFF) as a byte automaton: ``[k, b]`` is the
+    state after byte ``b`` in state ``k``, -1 where ``b`` cannot come there.
+    State 0 is a character boundary; 1-3 expect that many continuation bytes;
+    4-7 expect the restricted second byte after E0, ED, F0 and F4."""
+    step = np.full((8, 256), -1, dtype=np.int8)
+    step[0, 0x00:0x80] = 0
+    step[0, 0xC2:0xE0] = 1
+    step[0, 0xE0], step[0, 0xE1:0xED], step[0, 0xED], step[0, 0xEE:0xF0] = 4, 2, 5, 2
+    step[0, 0xF0], step[0, 0xF1:0xF4], step[0, 0xF4] = 6, 3, 7
+    for k in (1, 2, 3):
+        step[k, 0x80:0xC0] = k - 1
+    step[4, 0xA0:0xC0], step[5, 0x80:0xA0], step[6, 0x90:0xC0], step[7, 0x80:0x90] = 1, 1, 2, 2
+    step.flags.writeable = False
+    return step
+
+
+#: See :func:`_utf8_decoder`.
+UTF8_STEP = _utf8_decoder()
+
+
 #: Default wall-clock budget for turning one regex into a DFA.
 DEFAULT_REGEX_SECONDS = 10.0
 #: Default bound on the states of one terminal's byte DFA.

@@ -10,8 +10,11 @@ rules and the same results:
   lexeme boundary there if the state before the byte has a complete terminal,
   otherwise it is dead;
 * a live node whose remaining bytes all loop on its state (up to the horizon's
-  equivalence) settles its subtree as inside; otherwise its exact tokens are
-  inside and its children are walked on.
+  equivalence) settles its subtree as inside, and so does one whose remaining
+  bytes are ASCII bytes that loop and whole UTF-8 characters (a last one may
+  be cut short), where every character loops on the state (the body of a
+  string); otherwise its exact tokens are inside and its children are walked
+  on.
 
 The nodes are laid out in preorder (:class:`FlatTrie`), so a walk reads them
 forwards: a settled node skips to the end of its subtree, any other goes on
@@ -51,11 +54,13 @@ def _kernel(
     exact: np.ndarray,
     end: np.ndarray,
     below: np.ndarray,
+    utf8: np.ndarray,
     table: np.ndarray,
     has_accept: np.ndarray,
     representative: np.ndarray,
     loops: np.ndarray,
     has_loops: np.ndarray,
+    loops_on_characters: np.ndarray,
     starts: np.ndarray,
     start_state: int,
     state_at: np.ndarray,
@@ -100,11 +105,12 @@ def _kernel(
                 cursor[CROSSINGS] = n_cross
                 return after
             after = representative[after]
-            settled = True
-            for word in range(4):
-                if below[node, word] & ~loops[after, word]:
-                    settled = False
-                    break
+            # the bytes below loop (ASCII ones, then the others, or instead
+            # whole characters: well-formed UTF-8 below, and every character
+            # leads back to an equivalent state)
+            settled = not (below[node, 0] & ~loops[after, 0] or below[node, 1] & ~loops[after, 1])
+            if settled and (below[node, 2] & ~loops[after, 2] or below[node, 3] & ~loops[after, 3]):
+                settled = utf8[node] and loops_on_characters[after]
             start = lo[node]
             last = hi[node] if settled else start + exact[node]
             if last > start:
@@ -145,6 +151,7 @@ class FlatTrie:
     exact: np.ndarray
     end: np.ndarray  # int64
     below: np.ndarray
+    utf8: np.ndarray
     _local: threading.local = field(default_factory=threading.local, compare=False, repr=False)
 
     @classmethod
@@ -172,6 +179,7 @@ class FlatTrie:
             np.concatenate([level.exact for level in levels])[node],
             np.searchsorted(lo[node], hi[node], side="left").astype(np.int64),
             np.ascontiguousarray(np.concatenate([level.below for level in levels])[node]),
+            np.concatenate([level.utf8 for level in levels])[node],
         )
 
     @property
