@@ -27,25 +27,24 @@ Run ``python benchmarks/bench_generate.py --help``; docs/benchmarks.md explains 
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_masks import GcWatch, machine_info, note, shared_path  # noqa: E402  (sets single-thread env vars first)
+import argparse
+import json
+import statistics
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-import traceback  # noqa: E402
-import warnings  # noqa: E402
-from collections.abc import Callable, Sequence  # noqa: E402
-from typing import Any  # noqa: E402
+import torch
+from bench_masks import GcWatch, machine_info, note, shared_path
+from transformers.generation.logits_process import LogitsProcessor
 
-import torch  # noqa: E402
-from transformers.generation.logits_process import LogitsProcessor  # noqa: E402
-from gramspec.evaluation.engines import LLGuidanceProcessor  # noqa: E402
+from gramspec.evaluation.engines import LLGuidanceProcessor
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "bench_generate.json"
@@ -249,13 +248,13 @@ class LLGuidance(Engine):
         try:
             import llguidance
             import llguidance.hf
-            import llguidance.torch  # noqa: F401
+            import llguidance.torch
         except ImportError as exc:
             raise Skip(f"not installed ({exc})") from exc
         self.ll = llguidance
         start = time.perf_counter()
         self.tokenizer = llguidance.hf.from_tokenizer(
-            ctx["tokenizer"], n_vocab=ctx["vocab_size"], eos_token=sorted(ctx["eos"])[0]
+            ctx["tokenizer"], n_vocab=ctx["vocab_size"], eos_token=min(ctx["eos"])
         )
         self.prep_s = time.perf_counter() - start
 
@@ -389,11 +388,15 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def render(report: dict[str, Any]) -> str:
     p, res = report["parameters"], report["engines"]
     lines = [
-        f"bench_generate: SmolLM2-135M-Instruct, CPU, torch threads {p['torch_threads']}, greedy, "
-        f"{len(report['workload']['schemas'])} schemas x {len(p['prompts'])} prompts, max_new_tokens {p['max_new_tokens']}, "
-        f"JSON whitespace {p['whitespace']}",
-        f"machine: {report['machine'].get('cpu')}, {report['machine'].get('cpus_usable')} usable cores, "
-        f"load average at start {report['machine'].get('load_average_at_start')}",
+        (
+            f"bench_generate: SmolLM2-135M-Instruct, CPU, torch threads {p['torch_threads']}, greedy, "
+            f"{len(report['workload']['schemas'])} schemas x {len(p['prompts'])} prompts, "
+            f"max_new_tokens {p['max_new_tokens']}, JSON whitespace {p['whitespace']}"
+        ),
+        (
+            f"machine: {report['machine'].get('cpu')}, {report['machine'].get('cpus_usable')} usable cores, "
+            f"load average at start {report['machine'].get('load_average_at_start')}"
+        ),
         "",
     ]
     base = res.get("unconstrained", {}).get("decode_ms_per_token")
@@ -516,7 +519,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     vocab_size = _model_vocab_size(model)
     ctx: dict[str, Any] = {
         "model": model, "tokenizer": tokenizer, "eos": eos, "vocab_size": vocab_size,
-        "pad_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else sorted(eos)[0],
+        "pad_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos),
         "max_new_tokens": args.max_new_tokens,
         "whitespace": args.whitespace,
         "vocab": vocabulary_for(tokenizer, vocab_size=vocab_size, eos_token_ids=eos),

@@ -26,16 +26,15 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_generate import table  # noqa: E402
-from bench_masks import machine_info, note, shared_path  # noqa: E402  (sets single-thread env vars first)
+import argparse
+import functools
+import json
+import time
+from typing import Any
 
-import argparse  # noqa: E402
-import functools  # noqa: E402
-import json  # noqa: E402
-import time  # noqa: E402
-from typing import Any  # noqa: E402
-
-import torch  # noqa: E402
+import torch
+from bench_generate import table
+from bench_masks import machine_info, note, shared_path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "bench_specdec.json"

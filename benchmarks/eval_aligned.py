@@ -46,6 +46,13 @@ EOS = 2
 PROMPT = [3, 3]
 
 
+def make_plugin(method: str, grammar: Any) -> Plugin:
+    """A fresh plugin of ``method`` (one of METHODS) over ``grammar``."""
+    if method == "mask":
+        return GrammarMask(grammar)
+    return {"asap": ASAp, "cars": CARS}[method](grammar, AlignedStore())
+
+
 def skewed(length: int) -> tuple[str, Callable[[tuple[int, ...]], torch.Tensor]]:
     """The language ``1 0^(n-1) | 0 [01]^(n-1)``; the model starts with "1" 95% of the time and,
     after a "1", keeps writing "1"s (masked), so masking nearly always emits the one "10...0"."""
@@ -98,8 +105,7 @@ def toy(samples: int, lengths: list[int], seed: int) -> dict[str, Any]:
         exact = conditioned(model, grammar)
         rows: dict[str, Any] = {}
         for method in METHODS:
-            plugin: Plugin = {"mask": lambda: GrammarMask(grammar), "asap": lambda: ASAp(grammar, AlignedStore()),
-                              "cars": lambda: CARS(grammar, AlignedStore())}[method]()
+            plugin = make_plugin(method, grammar)
             pipeline = Pipeline([plugin])
             generator = torch.Generator().manual_seed(seed)
             counts: Counter[tuple[int, ...]] = Counter()
@@ -238,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
     print("toy languages: KL(empirical || exact) after all samples, forwards per sample")
-    for name, part in report["toy"].items():
+    for part in report["toy"].values():
         cells = ", ".join(f"{m} {r['kl_curve'][-1][1]:.4f} ({r['forwards_per_sample']:.2f} fwd)" for m, r in part["methods"].items())
         print(f"  {part['regex']:18s} {cells}")
     if "smollm2" in report:

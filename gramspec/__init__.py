@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from gramspec.errors import (
-    GramspecError,
     GrammarError,
+    GramspecError,
     LimitError,
     ModelNotFoundError,
     SchemaError,
@@ -57,9 +57,9 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "AlignedStore",
     "GenerationResult",
-    "GramspecError",
     "GrammarError",
     "GrammarLogitsProcessor",
+    "GramspecError",
     "JSONSchemaLogitsProcessor",
     "LimitError",
     "ModelNotFoundError",

@@ -20,8 +20,8 @@ from typing import Any, Literal
 
 import torch
 
-from gramspec.grammars.compiled import CompiledGrammar
 from gramspec.errors import LimitError
+from gramspec.grammars.compiled import CompiledGrammar
 from gramspec.plugins.asap import CARS, AlignedStore, ASAp, RejectedSample
 from gramspec.plugins.base import Pipeline, Plugin
 from gramspec.plugins.hf import compile_constraint, vocabulary_for

@@ -129,7 +129,7 @@ def test_processor_outputs_validate_or_are_truncated(model: Any, tokenizer: Any,
 
 def test_processor_is_reusable_across_generations(model: Any, tokenizer: Any) -> None:
     processor = make_processor("regex", tokenizer)
-    first, n1 = run_generate(model, tokenizer, processor, do_sample=False, max_new_tokens=10)
+    first, _ = run_generate(model, tokenizer, processor, do_sample=False, max_new_tokens=10)
     second, n2 = run_generate(model, tokenizer, processor, do_sample=False, max_new_tokens=10)
     assert torch.equal(first, second)
     check_outputs(processor, "regex", second, n2)

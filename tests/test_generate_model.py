@@ -55,7 +55,7 @@ def schemas(smollm2: tuple[Any, Any]) -> list[tuple[str, Any]]:
     shared = shared_path()
     if not (shared / "maskbench-dev").is_dir():
         pytest.skip(f"maskbench-dev not found under {shared}")
-    model, tokenizer = smollm2
+    _, tokenizer = smollm2
     usable = []
     for name, schema in _maskbench_schemas(shared):
         try:

@@ -21,12 +21,12 @@ from typing import Any
 import lark
 import numpy as np
 import pytest
+from grammar_cases import CASES, JSON, REGEXES
 
 from gramspec import Vocabulary
 from gramspec.grammars import CompiledGrammar, compile_grammar, compile_regex, mask_words, unpack_mask
 from gramspec.grammars.compiled import State
 from gramspec.grammars.json_schema import compile_json_schema
-from grammar_cases import CASES, JSON, REGEXES
 
 BYTE_VOCAB = Vocabulary.from_token_bytes([bytes([b]) for b in range(256)] + [b""], eos_token_ids=[256])
 
@@ -523,7 +523,7 @@ def test_compiled_walk_gives_the_numpy_walks_classes(vocab_for, monkeypatch) -> 
             roots = np.arange(trie.levels[0].parent.size, dtype=np.int32)
             for state in sorted({horizon.representative(s[1]) for s in states}):  # type: ignore[index]
                 (crossings,) = both(grammar, part, np.zeros(roots.size, dtype=np.int32), roots, state)
-                for boundary, pairs in crossings.items():
+                for pairs in crossings.values():
                     deeper = [(d, n) for d, n in pairs if d > 0]
                     if deeper:
                         fresh = horizon.representative(grammar._start_state(grammar.initial_state[0]))

@@ -33,7 +33,7 @@ class Rule:
 
 
 class EarleySet:
-    __slots__ = ("id", "items", "by_nonterminal", "by_terminal", "expected", "accepting")
+    __slots__ = ("accepting", "by_nonterminal", "by_terminal", "expected", "id", "items")
 
     def __init__(self, set_id: int, items: frozenset[Item], rules: Sequence[Rule], n_terminals: int) -> None:
         self.id = set_id

@@ -99,7 +99,7 @@ _IPV6 = "|".join(
         rf"(?:{_H16}:){{7}}{_H16}",
         *(rf"(?:{_H16}:){{0,{i}}}{_H16}?::(?:{_H16}:){{0,{5 - i}}}{_H16}" for i in range(6)),
         rf"(?:{_H16}:){{0,6}}{_H16}?::",
-        rf"::",
+        r"::",
     ]
 )
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -599,11 +599,9 @@ class _Compiler:
                 yield from self.alternatives(positive, pointer)
                 return
             schema = positive
-        for keyword in ("if", "then", "else"):
-            if keyword in schema:
-                if keyword == "if" and ("then" in schema or "else" in schema):
-                    yield from self.if_then_else(schema, pointer)
-                    return
+        if "if" in schema and ("then" in schema or "else" in schema):
+            yield from self.if_then_else(schema, pointer)
+            return
         for keyword in ("$dynamicRef", "$recursiveRef"):
             if keyword in schema:
                 self.unsupported(keyword, pointer, "dynamic references are not supported")

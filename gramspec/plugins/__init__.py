@@ -3,7 +3,7 @@
 This layer imports torch and transformers.
 """
 
-from gramspec.plugins.asap import ASAp, CARS, AlignedStore, RejectedSample
+from gramspec.plugins.asap import CARS, AlignedStore, ASAp, RejectedSample
 from gramspec.plugins.base import Pipeline, Plugin
 from gramspec.plugins.hf import (
     GrammarConstraintLogitsProcessor,
@@ -17,9 +17,9 @@ from gramspec.plugins.mirostat import Mirostat
 from gramspec.plugins.warpers import MinP, RepetitionPenalty, Temperature, TopK, TopP
 
 __all__ = [
+    "CARS",
     "ASAp",
     "AlignedStore",
-    "CARS",
     "GrammarConstraintLogitsProcessor",
     "GrammarLogitsProcessor",
     "GrammarMask",

@@ -44,7 +44,6 @@ from gramspec.grammars.compiled import CompiledGrammar, Matcher, mask_words
 from gramspec.plugins.base import Plugin
 from gramspec.plugins.mask import unpack_bitmask
 
-
 #: How many processed positions keep their full scores (a rollback never goes further back).
 _SCORES_KEPT = 256
 
