@@ -229,7 +229,7 @@ def tokenizer_name(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(params=["compiled", "numpy"])
 def trie_walk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Each trie walk in turn: the numba kernels (skipped without numba) and the numpy walk
-    (with numpy's range expansion, bit setting and Moore refinement too).
+    (with numpy's range expansion, bit setting, byte classes and Moore refinement too).
 
     Grammars compiled in the test are new ones (the in-memory cache starts
     empty), so no mask comes from the other walk's run."""
@@ -245,7 +245,9 @@ def trie_walk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
         monkeypatch.setattr(module, "walk_kernel", None)
         monkeypatch.setattr(compiled, "_set_bits_kernel", None)
         monkeypatch.setattr(compiled, "_concat_ranges_kernel", None)
+        monkeypatch.setattr(compiled, "_set_range_bits_kernel", None)
         monkeypatch.setattr(regex_dfa, "_moore_kernel", None)
+        monkeypatch.setattr(regex_dfa, "_equal_columns_kernel", None)
     return str(request.param)
 
 

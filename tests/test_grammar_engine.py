@@ -270,13 +270,15 @@ def test_masks_match_brute_force_on_adversarial_vocabulary() -> None:
 
 @pytest.mark.parametrize("path", ["kernel", "numpy"])
 def test_mask_bits_and_range_expansion_match_plain_python(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """set_mask_bits and the trie's range expansion, compiled and in numpy,
-    against a loop over the ids; an id past the bitmask is an IndexError."""
+    """set_mask_bits, set_range_bits and the trie's range expansion, compiled
+    and in numpy, against a loop over the ids; an id past the bitmask is an
+    IndexError."""
     from gramspec.grammars import compiled
 
     if path == "numpy":
         monkeypatch.setattr(compiled, "_set_bits_kernel", None)
         monkeypatch.setattr(compiled, "_concat_ranges_kernel", None)
+        monkeypatch.setattr(compiled, "_set_range_bits_kernel", None)
     elif compiled._set_bits_kernel is None:
         pytest.skip("numba is not installed (or GRAMSPEC_JIT=0)")
     rng = np.random.default_rng(7)
@@ -293,8 +295,38 @@ def test_mask_bits_and_range_expansion_match_plain_python(path: str, monkeypatch
         hi = lo + rng.integers(0, 6, size=lo.size).astype(np.int32)  # empty ranges too
         want = [index for a, b in zip(lo.tolist(), hi.tolist()) for index in range(a, b)]
         assert compiled._expand_ranges(lo, hi).tolist() == want
+        order = rng.permutation(1000)[:60].astype(np.int32)  # ranges of it pick token ids
+        row = words.copy()
+        compiled.set_range_bits(row, order, lo, hi)
+        expected = words.view(np.uint32).astype(np.int64)
+        for token in order[want].tolist():
+            expected[token >> 5] |= 1 << (token & 31)
+        assert row.view(np.uint32).astype(np.int64).tolist() == expected.tolist()
     with pytest.raises(IndexError):
         compiled.set_mask_bits(np.zeros(2, dtype=np.int32), np.array([64]))
+    with pytest.raises(IndexError):
+        compiled.set_range_bits(np.zeros(2, dtype=np.int32), np.array([3, 64], dtype=np.int32), np.array([0]), np.array([2]))
+
+
+@pytest.mark.parametrize("path", ["kernel", "numpy"])
+def test_byte_classes_are_the_groups_of_equal_columns(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first column of each group of equal columns, compiled and in numpy,
+    against grouping the columns as tuples (tables with few distinct columns,
+    one state, and all columns alike)."""
+    from gramspec.grammars import regex_dfa
+
+    if path == "numpy":
+        monkeypatch.setattr(regex_dfa, "_equal_columns_kernel", None)
+    elif regex_dfa._equal_columns_kernel is None:
+        pytest.skip("numba is not installed (or GRAMSPEC_JIT=0)")
+    rng = np.random.default_rng(3)
+    for n, distinct in ((1, 3), (5, 1), (40, 7), (300, 60)):
+        columns = rng.integers(-1, n, size=(n, distinct)).astype(np.int32)
+        table = columns[:, rng.integers(0, distinct, size=256)]
+        first: dict[tuple[int, ...], int] = {}
+        for byte in range(256):
+            first.setdefault(tuple(table[:, byte].tolist()), byte)
+        assert regex_dfa._equal_columns(table).tolist() == sorted(first.values())
 
 
 def _horizon_partition_by_brute_force(transitions: np.ndarray, accepting: np.ndarray, alphabet: bytes, horizon: int) -> list[int]:
@@ -493,7 +525,7 @@ def test_compiled_walk_gives_the_numpy_walks_classes(vocab_for, monkeypatch) -> 
     walks (the numba kernel, the numpy walk) return the same inside tokens and
     the same crossings, for the whole trie and for the subtrees below the
     crossings (the starts of :meth:`CompiledGrammar._resolve`)."""
-    from gramspec.grammars import trie_walk
+    from gramspec.grammars import compiled, trie_walk
 
     if trie_walk.walk_kernel is None:
         pytest.skip("numba is not installed (or GRAMSPEC_JIT=0)")
@@ -509,8 +541,8 @@ def test_compiled_walk_gives_the_numpy_walks_classes(vocab_for, monkeypatch) -> 
         found = []
         for walk in (kernel, None):
             monkeypatch.setattr(trie_walk, "walk_kernel", walk)
-            positions, crossings = grammar._trie_walk(part, depths, nodes, state)
-            found.append((sorted(positions.tolist()), {
+            lo, hi, crossings = grammar._trie_walk(part, depths, nodes, state)
+            found.append((sorted(compiled._expand_ranges(lo, hi).tolist()), {
                 s: sorted(zip(d.tolist(), n.tolist())) for s, (d, n) in crossings.items()
             }))
         assert found[0] == found[1], (grammar, part, state)

@@ -108,6 +108,27 @@ def set_mask_bits(words: np.ndarray, ids: np.ndarray) -> None:
     words |= np.packbits(allowed, bitorder="little").view(np.int32)
 
 
+def _set_range_bits(words: np.ndarray, order: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
+    bits = words.view(np.uint32)
+    for i in range(lo.shape[0]):
+        for position in range(lo[i], hi[i]):
+            token = order[position]
+            if token < 0 or token >> 5 >= bits.shape[0]:
+                raise IndexError("token id outside the bitmask")
+            bits[token >> 5] |= np.uint32(1) << np.uint32(token & 31)
+
+
+_set_range_bits_kernel = kernel(_set_range_bits)
+
+
+def set_range_bits(words: np.ndarray, order: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
+    """Set the bits of tokens ``order[lo[i]:hi[i]]`` (every ``i``) in a packed int32 bitmask row, in place."""
+    if _set_range_bits_kernel is not None and words.flags.c_contiguous:
+        _set_range_bits_kernel(words, order, lo, hi)
+        return
+    set_mask_bits(words, order[_expand_ranges(lo, hi)])
+
+
 def pack_mask(allowed: np.ndarray) -> np.ndarray:
     """A bool array as a packed int32 bitmask row (bit ``i % 32`` of word ``i // 32``)."""
     n = mask_words(allowed.shape[0])
@@ -466,8 +487,8 @@ class CompiledGrammar:
         key = (*path, lexer_state)
         walked = self._path_walks.get(key)
         if walked is None:
-            positions, found = self._trie_walk(part, depths, nodes, lexer_state)
-            walked = self._path_walks[key] = (self._tries[part][0].order[positions], found)
+            lo, hi, found = self._trie_walk(part, depths, nodes, lexer_state)
+            walked = self._path_walks[key] = (self._tries[part][0].order[_expand_ranges(lo, hi)], found)
         inside, crossings = walked
         parts = [inside]
         for boundary_state, (sub_depths, sub_nodes) in crossings.items():
@@ -484,11 +505,10 @@ class CompiledGrammar:
             return found
         trie = self._tries[part][0]
         roots = np.arange(trie.levels[0].parent.size, dtype=np.int32)
-        positions, crossings = self._trie_walk(part, np.zeros(roots.size, dtype=np.int32), roots, lexer_state)
-        inside_ids = trie.order[positions]
+        lo, hi, crossings = self._trie_walk(part, np.zeros(roots.size, dtype=np.int32), roots, lexer_state)
         words = mask_words(self.vocab.size)
         inside = np.zeros(words, dtype=np.int32)
-        set_mask_bits(inside, inside_ids)
+        set_range_bits(inside, trie.order, lo, hi)
         level0 = trie.levels[0]
         boundaries = []
         for state, (depths, nodes) in crossings.items():
@@ -504,13 +524,13 @@ class CompiledGrammar:
 
     def _trie_walk(
         self, part: int, depths: np.ndarray, nodes: np.ndarray, lexer_state: int, *, share: bool = True
-    ) -> tuple[np.ndarray, Crossings]:
+    ) -> tuple[np.ndarray, np.ndarray, Crossings]:
         """Walk the tokens under ``nodes`` (at ``depths``) of trie ``part``
         through the lexer from ``lexer_state``, from each node's own byte on,
         one depth per round (a prefix shared by many tokens is stepped once).
 
-        Returns the tokens that end inside the lexeme (as positions in the
-        trie's ``order``), and per lexer state
+        Returns the tokens that end inside the lexeme (as ranges ``[lo, hi)``
+        of the trie's ``order``), and per lexer state
         where the lexeme had to end (a complete lexeme), the nodes whose byte
         crossed that boundary; the others are dead. A node whose byte kills
         the lexeme settles its whole subtree; a live node whose remaining
@@ -576,14 +596,16 @@ class CompiledGrammar:
             table = lexer.table
             frontier, parents = _children(level.child_lo[frontier], level.child_hi[frontier])
             before = after[parents]
-        if inside_lo:
-            inside.append(_expand_ranges(np.concatenate(inside_lo), np.concatenate(inside_hi)))
-        positions = np.concatenate(inside) if inside else np.zeros(0, dtype=np.int64)
+        singles = np.concatenate(inside) if inside else np.zeros(0, dtype=np.int64)
+        lo = np.concatenate([*inside_lo, singles])
+        hi = np.concatenate([*inside_hi, singles + 1])
         if not crossed:
-            return positions, {}
-        return positions, _group_crossings(*(np.concatenate(parts) for parts in zip(*crossed)))
+            return lo, hi, {}
+        return lo, hi, _group_crossings(*(np.concatenate(parts) for parts in zip(*crossed)))
 
-    def _compiled_walk(self, part: int, depths: np.ndarray, nodes: np.ndarray, lexer_state: int) -> tuple[np.ndarray, Crossings]:
+    def _compiled_walk(
+        self, part: int, depths: np.ndarray, nodes: np.ndarray, lexer_state: int
+    ) -> tuple[np.ndarray, np.ndarray, Crossings]:
         """:meth:`_trie_walk` by the compiled kernel (see :mod:`gramspec.grammars.trie_walk`)."""
         kernel = trie_walk.walk_kernel
         assert kernel is not None
@@ -610,13 +632,13 @@ class CompiledGrammar:
             if needed >= 0:
                 horizon.prepare(horizon.representative(needed))
         n_ranges, n_cross = int(cursor[trie_walk.RANGES]), int(cursor[trie_walk.CROSSINGS])
-        positions = _expand_ranges(scratch.range_lo[:n_ranges], scratch.range_hi[:n_ranges])
+        lo, hi = scratch.range_lo[:n_ranges].copy(), scratch.range_hi[:n_ranges].copy()
         if not n_cross:
-            return positions, {}
+            return lo, hi, {}
         crossing = flat.node[scratch.cross_node[:n_cross]]
         depth = flat.depth[scratch.cross_node[:n_cross]]
         # _group_crossings copies what it keeps out of the scratch buffers
-        return positions, _group_crossings(depth, (crossing - flat.offsets[depth]).astype(np.int32), scratch.cross_state[:n_cross])
+        return lo, hi, _group_crossings(depth, (crossing - flat.offsets[depth]).astype(np.int32), scratch.cross_state[:n_cross])
 
     def _shared_subtrees(
         self,
@@ -665,7 +687,8 @@ class CompiledGrammar:
         children, _ = _children(level.child_lo[missing], level.child_hi[missing])
         depths = np.full(children.size, depth + 1, dtype=np.int32)
         # not shared again below: every depth's walks would hold the same positions
-        positions, crossings = self._trie_walk(part, depths, children, lexer_state, share=False)
+        lo, hi, crossings = self._trie_walk(part, depths, children, lexer_state, share=False)
+        positions = _expand_ranges(lo, hi)
         walks = walks.extended(trie, missing, positions, crossings)
         with self._lock:
             self._subtree_positions += positions.size

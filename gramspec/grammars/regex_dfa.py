@@ -110,8 +110,47 @@ class ByteDFA:
     @cached_property
     def _byte_classes(self) -> np.ndarray:
         """The first byte of each class of bytes that every state treats alike."""
-        first, _ = _group_rows(np.ascontiguousarray(self.transitions.T), np.random.default_rng(0))
-        return first
+        return _equal_columns(self.transitions)
+
+
+def _equal_columns(table: np.ndarray) -> np.ndarray:
+    """The first column of each group of equal columns of an integer matrix."""
+    if _equal_columns_kernel is not None:
+        return _equal_columns_kernel(np.ascontiguousarray(table, dtype=np.int32))  # type: ignore[no-any-return]
+    first, _ = _group_rows(np.ascontiguousarray(table.T), np.random.default_rng(0))
+    return np.sort(first)
+
+
+def _first_of_equal_columns(table: np.ndarray) -> np.ndarray:
+    """:func:`_equal_columns` compiled: each column hashed row by row (the
+    table is read in order), then compared in full with the first column of
+    each group whose hash it shares."""
+    n, m = table.shape
+    hashes = np.full(m, np.uint64(0xCBF29CE484222325))
+    for i in range(n):
+        for j in range(m):
+            hashes[j] = (hashes[j] ^ np.uint64(table[i, j] + 1)) * np.uint64(0x100000001B3)
+    first = np.empty(m, dtype=np.int64)
+    count = 0
+    for j in range(m):
+        found = False
+        for c in range(count):
+            f = first[c]
+            if hashes[f] == hashes[j]:
+                found = True
+                for i in range(n):
+                    if table[i, f] != table[i, j]:
+                        found = False
+                        break
+                if found:
+                    break
+        if not found:
+            first[count] = j
+            count += 1
+    return first[:count]
+
+
+_equal_columns_kernel = kernel(_first_of_equal_columns)
 
 
 #: Above this many states, Moore refinement is not tried (every state is its own class).
