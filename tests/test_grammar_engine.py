@@ -379,6 +379,15 @@ def test_horizon_labels_are_the_partition_strings_of_that_length_make(path: str,
     assert len({counted.horizon_classes(2)(s) for s in range(counted.n_states)}) < counted.n_states  # some merge
 
 
+def _decodes(data: bytes) -> bool:
+    """Whether Python's decoder takes ``data`` as UTF-8."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def test_utf8_decoder_takes_exactly_the_well_formed_sequences() -> None:
     """regex_dfa.UTF8_STEP against Python's decoder: every scalar value's
     encoding ends on a boundary, and every 1- and 2-byte sequence and a
@@ -393,13 +402,6 @@ def test_utf8_decoder_takes_exactly_the_well_formed_sequences() -> None:
                 break
         return state
 
-    def decodes(data: bytes) -> bool:
-        try:
-            data.decode("utf-8")
-        except UnicodeDecodeError:
-            return False
-        return True
-
     assert all(end_state(chr(c).encode()) == 0 for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF)
     rng = random.Random(5)
     samples = [bytes([a]) for a in range(256)] + [bytes([a, b]) for a in range(256) for b in range(256)]
@@ -407,7 +409,7 @@ def test_utf8_decoder_takes_exactly_the_well_formed_sequences() -> None:
     samples += [bytes([lead, rng.randrange(0x80, 0xC0), rng.randrange(0x80, 0xC0)]) for lead in range(0xE0, 0xF0) for _ in range(200)]
     samples += [bytes([lead] + [rng.randrange(0x80, 0xC0) for _ in range(3)]) for lead in range(0xF0, 0xF8) for _ in range(200)]
     for data in samples:
-        assert (end_state(data) == 0) == decodes(data), data
+        assert (end_state(data) == 0) == _decodes(data), data
 
 
 def test_trie_marks_the_subtrees_of_well_formed_utf8(vocab_for) -> None:  # type: ignore[no-untyped-def]
@@ -420,13 +422,8 @@ def test_trie_marks_the_subtrees_of_well_formed_utf8(vocab_for) -> None:  # type
     completions = [bytes(c) for n in range(4) for c in itertools.product((0x80, 0x90, 0xA0), repeat=n)]
 
     def well_formed_prefix(data: bytes) -> bool:
-        for completion in completions:  # a last character cut short lacks at most three bytes
-            try:
-                (data + completion).decode("utf-8")
-            except UnicodeDecodeError:
-                continue
-            return True
-        return False
+        # a last character cut short lacks at most three bytes
+        return any(_decodes(data + completion) for completion in completions)
 
     picked = [b"\xc3\xa9", b"\xc3", b"a\xc3", b"\xe6\x97\xa5\xe6", b"\xed\xa0\x80", b"\xe0\x80\x80", b"\xf4\x90\x80\x80", b"\x80", b"\xc3\xa9\x80"]
     picked_vocab = Vocabulary.from_token_bytes([bytes([b]) for b in range(256)] + picked, eos_token_ids=[])

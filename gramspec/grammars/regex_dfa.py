@@ -172,13 +172,13 @@ def _moore_refinement(successors: np.ndarray, accepting: np.ndarray, rounds: int
     ``successors`` (``[n, k]``: the next state on one byte of each class, -1
     dead): round ``h`` splits states that some string of ``h`` bytes tells apart."""
     labels = accepting.astype(np.int64)
+    count = int(np.unique(labels).size)
     if _moore_kernel is not None:
-        return _moore_kernel(np.ascontiguousarray(successors, dtype=np.int32), labels, rounds)  # type: ignore[no-any-return]
+        return _moore_kernel(np.ascontiguousarray(successors, dtype=np.int32), labels, count, rounds)  # type: ignore[no-any-return]
     n = successors.shape[0]
     rng = np.random.default_rng(0)
     # a state's own label, then its successors' (-1, dead, picks the appended -1)
     columns = np.column_stack([np.arange(n), successors])
-    count = int(np.unique(labels).size)
     for _ in range(rounds):
         _, labels = _group_rows(np.append(labels, -1)[columns], rng)
         if int(labels.max()) + 1 == count:  # refinement only splits: same count, same partition
@@ -187,11 +187,12 @@ def _moore_refinement(successors: np.ndarray, accepting: np.ndarray, rounds: int
     return labels
 
 
-def _moore_rounds(successors: np.ndarray, labels: np.ndarray, rounds: int) -> np.ndarray:
-    """:func:`_moore_refinement`'s rounds, compiled: each round interns every
-    state's (label, successors' labels) in an open-addressing table whose
-    slots hold a state with that key (keys are compared in full, so the
-    partition is exact whatever the hash)."""
+def _moore_rounds(successors: np.ndarray, labels: np.ndarray, count: int, rounds: int) -> np.ndarray:
+    """:func:`_moore_refinement`'s rounds from ``labels`` (``count``
+    distinct ones), compiled: each round interns every state's (label,
+    successors' labels) in an open-addressing table whose slots hold a state
+    with that key (keys are compared in full, so the partition is exact
+    whatever the hash)."""
     n, k = successors.shape
     size = 2
     while size < 2 * n:
@@ -199,12 +200,6 @@ def _moore_rounds(successors: np.ndarray, labels: np.ndarray, rounds: int) -> np
     mask = np.uint64(size - 1)
     table = np.empty(size, dtype=np.int64)
     new = np.empty(n, dtype=np.int64)
-    count = 0
-    seen = np.zeros(n + 1, dtype=np.bool_)
-    for s in range(n):
-        if not seen[labels[s]]:
-            seen[labels[s]] = True
-            count += 1
     for _ in range(rounds):
         table[:] = -1
         fresh = 0
